@@ -1,0 +1,135 @@
+"""Default configuration: every key is defined here, once, with a comment.
+
+Recipes (wgan_gp.py, dcgan.py, ...) import this file and override values;
+they never add keys. Select a recipe and override keys on the command line:
+
+  python main.py --config=configs/wgan_gp.py:res=32,quick --workdir=/tmp/run \
+      --config.batch_size=32
+
+The argument string after ':' is a comma-separated list of `name=value` or
+bare flags, parsed by `parse_arg`. Known arguments: res=<int>, quick.
+"""
+
+import ml_collections
+
+# Arguments accepted in the string after 'configs/<recipe>.py:'.
+_KNOWN_ARGS = ('res', 'quick')
+
+
+def parse_arg(arg: str | None) -> dict[str, str | bool]:
+  """Parses 'res=32,quick' into {'res': '32', 'quick': True}."""
+  parsed = {}
+  for item in (arg or '').split(','):
+    item = item.strip()
+    if not item:
+      continue
+    name, sep, value = item.partition('=')
+    if name not in _KNOWN_ARGS:
+      raise ValueError(
+          f'Unknown config argument {name!r} in {arg!r}; valid arguments: '
+          f'{", ".join(_KNOWN_ARGS)} (e.g. configs/wgan_gp.py:res=32,quick).')
+    parsed[name] = value if sep else True
+  return parsed
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the default config; `arg` as in the module docstring."""
+  return apply_args(base_config(), arg)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key with its default value; recipes start from this."""
+  config = ml_collections.ConfigDict()
+
+  # --- Run length, logging, checkpoints -----------------------------------
+  config.seed = 0  # Seeds parameters, noise and the data order.
+  config.num_train_steps = 20_000  # Generator updates (each after n_critic critic updates).
+  config.batch_size = 64  # Global images per critic update, over all devices and hosts.
+  config.log_every = 50  # Steps between console/TensorBoard metric reports.
+  config.sample_every = 500  # Steps between PNG sample grids written to the workdir.
+  config.num_samples = 64  # Images in each sample grid (a square number reads best).
+  config.checkpoint_every = 1000  # Steps between checkpoints.
+  config.keep_checkpoints = 3  # How many recent checkpoints to keep on disk.
+  config.eval_every = 0  # Steps between FID evaluations; 0 turns evaluation off.
+  config.eval_num_samples = 10_000  # Generated images per FID evaluation.
+  config.allow_config_change = False  # Resume even if model/optimizer keys changed.
+  config.init_from = ''  # Checkpoint directory to take initial weights from ('' = fresh).
+  config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
+  config.ema_decay = 0.999  # Decay of the EMA generator; 0 disables averaging.
+  config.n_critic = 5  # Critic updates per generator update, each on a fresh real batch.
+
+  # --- Data ---------------------------------------------------------------
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.source = 'procedural'  # 'procedural' (built-in, offline), 'folder' or 'tfds'.
+  config.dataset.resolution = 64  # Square image side in pixels: a power of two, 32..256.
+  config.dataset.path = ''  # 'folder': directory written by `python -m input_pipeline.prepare`.
+  config.dataset.name = 'celeb_a'  # 'tfds': TFDS dataset name.
+  config.dataset.data_dir = ''  # 'tfds': TFDS data_dir ('' = TFDS default).
+  config.dataset.split = 'train'  # 'tfds': split to read.
+  config.dataset.image_key = 'image'  # 'tfds': feature that holds the image.
+  config.dataset.crop = 'celeba'  # 'tfds': crop before resizing: 'center', 'celeba' or 'none'.
+  config.dataset.num_images = 20_000  # 'procedural': distinct faces in the dataset.
+  config.dataset.shuffle_buffer = 10_000  # Examples in the shuffle buffer.
+  config.dataset.random_flip = True  # Random horizontal flips (faces are symmetric).
+
+  # --- Models -------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.generator = 'dcgan'  # 'dcgan' or 'resnet'.
+  config.model.discriminator = 'dcgan'  # 'dcgan', 'resnet' or 'small_cnn'.
+  config.model.latent_dim = 128  # Size of the generator's input noise z.
+  config.model.g_width = 64  # Channels of the generator's last (widest-resolution) block.
+  config.model.d_width = 64  # Channels of the discriminator's first block.
+  config.model.g_norm = 'batch'  # Generator normalization: 'batch' or 'none'.
+  config.model.d_norm = 'none'  # Critic normalization: 'none', 'layer' or 'batch' (not with penalties).
+  config.model.spectral_norm = False  # Spectral normalization of every critic layer.
+  config.model.conv_impl = 'auto'  # 'auto' (fast layers on CPU, XLA convs elsewhere), 'fast' or 'xla'.
+
+  # --- Loss ---------------------------------------------------------------
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = 'wasserstein'  # 'minimax', 'non_saturating', 'wasserstein', 'hinge', 'least_squares'.
+  config.loss.penalty = 'wgan_gp'  # 'none', 'wgan_gp', 'dragan' or 'r1'.
+  config.loss.penalty_weight = 10.0  # Lambda (gamma for r1, where the penalty is gamma/2 * E|grad|^2).
+  config.loss.label_smoothing = 0.0  # One-sided: real targets become 1 - label_smoothing.
+  config.loss.drift_weight = 0.0  # Epsilon-drift term eps * E[D(real)^2] (Progressive GAN); 0 = off.
+
+  # --- Optimizers ---------------------------------------------------------
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'adam'  # 'adam' or 'rmsprop'.
+  config.optimizer.g_learning_rate = 1e-4  # Generator peak learning rate.
+  config.optimizer.d_learning_rate = 1e-4  # Critic peak learning rate.
+  config.optimizer.b1 = 0.0  # Adam beta1.
+  config.optimizer.b2 = 0.9  # Adam beta2.
+  config.optimizer.eps = 1e-8  # Adam / RMSProp epsilon.
+  config.optimizer.rmsprop_decay = 0.99  # RMSProp squared-gradient decay.
+  config.optimizer.schedule = 'constant'  # 'constant', 'step' or 'cosine' (counted in generator steps).
+  config.optimizer.warmup_steps = 0  # Linear warm-up steps before the schedule.
+  config.optimizer.step_every = 10_000  # 'step': multiply the learning rate by gamma this often.
+  config.optimizer.step_gamma = 0.5  # 'step': the multiplier.
+  config.optimizer.grad_clip_norm = 0.0  # Clip each update's global gradient norm; 0 = off.
+
+  return config
+
+
+def apply_args(config: ml_collections.ConfigDict,
+               arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the 'res=..,quick' argument string to `config` and returns it.
+
+  Recipes call this last, so `quick` shrinks whatever the recipe chose.
+  """
+  args = parse_arg(arg)
+  if 'res' in args:
+    try:
+      config.dataset.resolution = int(args['res'])
+    except ValueError:
+      raise ValueError(f'res must be an integer, got {args["res"]!r}') from None
+  if args.get('quick'):
+    # A first look on a laptop CPU: narrow models, short run, frequent output.
+    config.model.g_width = 16
+    config.model.d_width = 16
+    config.num_train_steps = 300
+    config.log_every = 25
+    config.sample_every = 100
+    config.checkpoint_every = 100
+    config.dataset.num_images = 2_000
+    config.dataset.shuffle_buffer = 2_000
+  return config

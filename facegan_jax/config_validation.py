@@ -1,0 +1,58 @@
+"""Checks a run's config before anything is compiled.
+
+Each error names the key, the bad value and what would be valid, so a typo on
+the command line costs seconds, not a compilation.
+"""
+
+import ml_collections
+
+from facegan_jax import losses
+from facegan_jax import models
+from facegan_jax import optimizers
+
+DTYPES = ('float32', 'bfloat16')
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)
+
+
+def _choice(key: str, value, valid) -> None:
+  _require(value in valid,
+           f'{key}={value!r} is not valid; choose one of: {", ".join(valid)}.')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for the first inconsistent key of `config`.
+
+  The dataset keys are checked by `input_pipeline.validate_dataset_config`,
+  which needs TensorFlow; this function does not.
+  """
+  _choice('loss.name', config.loss.name, losses.LOSSES)
+  _choice('loss.penalty', config.loss.penalty, losses.PENALTIES)
+  _choice('optimizer.name', config.optimizer.name, optimizers.OPTIMIZERS)
+  _choice('optimizer.schedule', config.optimizer.schedule, optimizers.SCHEDULES)
+  _choice('dtype', config.dtype, DTYPES)
+  for key in ('batch_size', 'n_critic', 'log_every', 'sample_every',
+              'checkpoint_every', 'num_samples', 'keep_checkpoints'):
+    _require(config[key] >= 1, f'{key} must be >= 1, got {config[key]}.')
+  _require(config.num_train_steps >= 0,
+           f'num_train_steps must be >= 0, got {config.num_train_steps}.')
+  _require(0.0 <= config.ema_decay < 1.0,
+           f'ema_decay must be in [0, 1), got {config.ema_decay}.')
+  _require(0.0 <= config.loss.label_smoothing < 1.0,
+           f'loss.label_smoothing must be in [0, 1), got '
+           f'{config.loss.label_smoothing}.')
+  for key in ('g_learning_rate', 'd_learning_rate'):
+    _require(config.optimizer[key] > 0,
+             f'optimizer.{key} must be > 0, got {config.optimizer[key]}.')
+  # A batch-norm critic mixes examples, so the per-example input gradient a
+  # penalty needs is not defined: refuse instead of training on nonsense.
+  _require(
+      not (config.model.d_norm == 'batch' and config.loss.penalty != 'none'),
+      f'model.d_norm=\'batch\' cannot be used with loss.penalty='
+      f'{config.loss.penalty!r}: batch norm couples the examples and breaks '
+      f'the per-example gradient penalty. Use --config.model.d_norm=layer (or '
+      f'none), or --config.loss.penalty=none.')
+  models.validate_model_config(config.model, config.dataset.resolution)

@@ -1,0 +1,137 @@
+"""Adversarial losses and gradient penalties: pure functions of critic outputs.
+
+Scores are raw critic outputs ("logits") of shape [B]. Every loss returns a
+float32 scalar to be minimized by its player. Penalties take a `critic_fn`
+mapping images [B, H, W, C] to scores [B]; it must be a pure function of its
+input (no state updates), since it is differentiated twice.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+LOSSES = ('minimax', 'non_saturating', 'wasserstein', 'hinge', 'least_squares')
+PENALTIES = ('none', 'wgan_gp', 'dragan', 'r1')
+
+CriticFn = Callable[[jax.Array], jax.Array]
+
+
+def _sigmoid_cross_entropy(logits: jax.Array, target: float) -> jax.Array:
+  """-[t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))], computed stably."""
+  return jax.nn.softplus(logits) - target * logits
+
+
+def critic_loss(name: str, real_scores: jax.Array, fake_scores: jax.Array,
+                label_smoothing: float = 0.0) -> jax.Array:
+  """The critic's (discriminator's) loss.
+
+  Args:
+    name: one of LOSSES.
+    real_scores: [B] critic outputs on real images.
+    fake_scores: [B] critic outputs on generated images.
+    label_smoothing: one-sided smoothing: real targets become 1 - s (used by
+      the losses that have targets: minimax, non_saturating, least_squares).
+
+  Returns:
+    Scalar loss.
+  """
+  real_target = 1.0 - label_smoothing
+  if name in ('minimax', 'non_saturating'):
+    return (_sigmoid_cross_entropy(real_scores, real_target).mean() +
+            _sigmoid_cross_entropy(fake_scores, 0.0).mean())
+  if name == 'wasserstein':
+    return fake_scores.mean() - real_scores.mean()
+  if name == 'hinge':
+    return (jax.nn.relu(1.0 - real_scores).mean() +
+            jax.nn.relu(1.0 + fake_scores).mean())
+  if name == 'least_squares':
+    return 0.5 * (jnp.square(real_scores - real_target).mean() +
+                  jnp.square(fake_scores).mean())
+  raise ValueError(f'Unknown loss.name {name!r}; valid: {", ".join(LOSSES)}')
+
+
+def generator_loss(name: str, fake_scores: jax.Array) -> jax.Array:
+  """The generator's loss given critic outputs [B] on its images."""
+  if name == 'minimax':
+    # Minimizes log(1 - D(G(z))) = -softplus(logit): the original, saturating game.
+    return -jax.nn.softplus(fake_scores).mean()
+  if name == 'non_saturating':
+    return _sigmoid_cross_entropy(fake_scores, 1.0).mean()
+  if name in ('wasserstein', 'hinge'):
+    return -fake_scores.mean()
+  if name == 'least_squares':
+    return 0.5 * jnp.square(fake_scores - 1.0).mean()
+  raise ValueError(f'Unknown loss.name {name!r}; valid: {", ".join(LOSSES)}')
+
+
+def input_gradients(critic_fn: CriticFn, images: jax.Array) -> jax.Array:
+  """d critic / d images, per example: [B, H, W, C].
+
+  Examples are independent in the critic (no batch norm), so the gradient of
+  the summed scores holds each example's own input gradient.
+  """
+  return jax.grad(lambda x: critic_fn(x).astype(jnp.float32).sum())(images)
+
+
+def _per_example_norm(grads: jax.Array) -> jax.Array:
+  squared = jnp.sum(jnp.square(grads.astype(jnp.float32)),
+                    axis=tuple(range(1, grads.ndim)))
+  # The epsilon keeps the norm's derivative finite where a gradient is zero.
+  return jnp.sqrt(squared + 1e-12)
+
+
+def wgan_gp_penalty(critic_fn: CriticFn, real: jax.Array, fake: jax.Array,
+                    rng: jax.Array, weight: float) -> jax.Array:
+  """WGAN-GP: weight * E[(||grad D(x_hat)|| - 1)^2] on random interpolates.
+
+  Args:
+    critic_fn: images [B, H, W, C] -> scores [B], pure.
+    real: [B, H, W, C] real images.
+    fake: [B, H, W, C] generated images (no gradient flows into them).
+    rng: PRNG key for the interpolation coefficients.
+    weight: lambda.
+  """
+  real = real.astype(jnp.float32)
+  fake = jax.lax.stop_gradient(fake).astype(jnp.float32)
+  alpha = jax.random.uniform(rng, (real.shape[0],) + (1,) * (real.ndim - 1))
+  interpolates = alpha * real + (1.0 - alpha) * fake
+  norms = _per_example_norm(input_gradients(critic_fn, interpolates))
+  return weight * jnp.mean(jnp.square(norms - 1.0))
+
+
+def dragan_penalty(critic_fn: CriticFn, real: jax.Array, rng: jax.Array,
+                   weight: float, perturb_scale: float = 0.5) -> jax.Array:
+  """DRAGAN: weight * E[(||grad D(x_p)|| - 1)^2] around perturbed reals.
+
+  x_p = x + perturb_scale * std(x) * u, u ~ U[0, 1] elementwise, as in
+  Kodali et al. (2017).
+  """
+  real = real.astype(jnp.float32)
+  noise = jax.random.uniform(rng, real.shape)
+  perturbed = real + perturb_scale * jnp.std(real) * noise
+  norms = _per_example_norm(input_gradients(critic_fn, perturbed))
+  return weight * jnp.mean(jnp.square(norms - 1.0))
+
+
+def r1_penalty(critic_fn: CriticFn, real: jax.Array,
+               weight: float) -> jax.Array:
+  """R1 (Mescheder et al. 2018): weight / 2 * E[||grad D(x_real)||^2]."""
+  grads = input_gradients(critic_fn, real.astype(jnp.float32))
+  squared = jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim)))
+  return 0.5 * weight * jnp.mean(squared)
+
+
+def penalty(name: str, critic_fn: CriticFn, real: jax.Array, fake: jax.Array,
+            rng: jax.Array, weight: float) -> jax.Array:
+  """Dispatches to the penalty `name` (one of PENALTIES); 'none' gives 0."""
+  if name == 'none':
+    return jnp.zeros((), jnp.float32)
+  if name == 'wgan_gp':
+    return wgan_gp_penalty(critic_fn, real, fake, rng, weight)
+  if name == 'dragan':
+    return dragan_penalty(critic_fn, real, rng, weight)
+  if name == 'r1':
+    return r1_penalty(critic_fn, real, weight)
+  raise ValueError(
+      f'Unknown loss.penalty {name!r}; valid: {", ".join(PENALTIES)}')

@@ -1,0 +1,36 @@
+"""The whole state of a GAN run as one pytree."""
+
+from typing import Any
+
+import flax
+import jax
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes; checkpointed as a whole.
+
+  Attributes:
+    step: generator updates done so far (int32 scalar).
+    g_params: generator parameters.
+    d_params: critic parameters.
+    g_opt_state: generator optimizer state.
+    d_opt_state: critic optimizer state.
+    ema_params: exponential moving average of g_params (used for samples and
+      evaluation).
+    batch_stats: non-trainable model state, {'generator': ...,
+      'discriminator': ...} (batch-norm averages, spectral-norm vectors);
+      empty dicts for models without any.
+    rng: base PRNG key (raw uint32[2]); each step derives its own by
+      fold_in(rng, step), so a resumed run draws the same numbers.
+  """
+  step: jax.Array
+  g_params: PyTree
+  d_params: PyTree
+  g_opt_state: PyTree
+  d_opt_state: PyTree
+  ema_params: PyTree
+  batch_stats: PyTree
+  rng: jax.Array

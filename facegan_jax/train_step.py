@@ -1,0 +1,245 @@
+"""The GAN update as pure functions: state creation and one training step.
+
+This module imports no TensorFlow, so benchmarks and GPU machines use it as
+is. The step consumes a batch of real images shaped [n_critic, B, H, W, C]:
+each of the n_critic critic updates gets its own fresh real batch of B images
+(as in Algorithm 1 of the WGAN-GP paper), followed by one generator update on
+B fresh latent vectors. The critic updates run inside one `lax.scan`, so a
+whole iteration is a single compiled program.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from facegan_jax import losses
+from facegan_jax import models
+from facegan_jax import optimizers
+from facegan_jax import partitioning
+from facegan_jax.train_state import TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def create_models(config: ml_collections.ConfigDict) -> tuple[nn.Module, nn.Module]:
+  """The generator and the critic named by `config.model`."""
+  dtype = jnp.dtype(config.dtype)
+  resolution = config.dataset.resolution
+  return (models.create_generator(config.model, resolution, dtype),
+          models.create_discriminator(config.model, resolution, dtype))
+
+
+def create_optimizers(config: ml_collections.ConfigDict):
+  """Returns (g_tx, d_tx, g_schedule, d_schedule)."""
+  opt = config.optimizer
+  g_schedule = optimizers.create_schedule(opt, opt.g_learning_rate,
+                                          config.num_train_steps)
+  d_schedule = optimizers.create_schedule(opt, opt.d_learning_rate,
+                                          config.num_train_steps)
+  g_tx = optimizers.create_optimizer(opt, g_schedule)
+  d_tx = optimizers.create_optimizer(opt, d_schedule,
+                                     updates_per_step=config.n_critic)
+  return g_tx, d_tx, g_schedule, d_schedule
+
+
+def _variables(params, stats) -> dict[str, Any]:
+  """Flax variables from params and (possibly empty) non-trainable state."""
+  return {'params': params, 'batch_stats': stats} if stats else {'params': params}
+
+
+def init_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
+                     generator: nn.Module, discriminator: nn.Module,
+                     g_tx: optax.GradientTransformation,
+                     d_tx: optax.GradientTransformation) -> TrainState:
+  """A fresh TrainState; pure, so `jax.eval_shape` gives its abstract shape."""
+  g_rng, d_rng, run_rng = jax.random.split(rng, 3)
+  resolution = config.dataset.resolution
+  z = jnp.zeros((1, config.model.latent_dim), jnp.float32)
+  images = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
+  g_vars = dict(generator.init(g_rng, z, train=False))
+  d_vars = dict(discriminator.init(d_rng, images, train=False))
+  g_params, d_params = g_vars.pop('params'), d_vars.pop('params')
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      g_params=g_params,
+      d_params=d_params,
+      g_opt_state=g_tx.init(g_params),
+      d_opt_state=d_tx.init(d_params),
+      # A copy, not an alias: the step donates the state's buffers.
+      ema_params=jax.tree_util.tree_map(jnp.copy, g_params),
+      batch_stats={'generator': g_vars.get('batch_stats', {}),
+                   'discriminator': d_vars.get('batch_stats', {})},
+      rng=run_rng)
+
+
+def make_train_step(config: ml_collections.ConfigDict,
+                    generator: nn.Module, discriminator: nn.Module,
+                    g_tx: optax.GradientTransformation,
+                    d_tx: optax.GradientTransformation,
+                    g_schedule: optax.Schedule, d_schedule: optax.Schedule,
+                    mesh: Mesh | None = None,
+                    ) -> Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]:
+  """Builds `train_step(state, images) -> (state, metrics)` (not yet jitted).
+
+  Args:
+    config: the run's config.
+    generator, discriminator: modules from `create_models`.
+    g_tx, d_tx, g_schedule, d_schedule: from `create_optimizers`.
+    mesh: if given, latent vectors and generated images are kept split over
+      its `data` axis, so every device generates its own share.
+
+  Returns:
+    The step. `images` is [n_critic, B, H, W, C] in [-1, 1]; metrics are
+    float32 scalars that stay on device until the caller fetches them.
+  """
+  loss_config = config.loss
+  latent_dim = config.model.latent_dim
+  ema_decay = config.ema_decay
+
+  def shard_batch(x):
+    if mesh is None:
+      return x
+    return jax.lax.with_sharding_constraint(
+        x, partitioning.batch_sharding(mesh))
+
+  def generate(g_params, g_stats, z):
+    images, updates = generator.apply(
+        _variables(g_params, g_stats), shard_batch(z), train=True,
+        mutable=['batch_stats'])
+    return shard_batch(images), updates.get('batch_stats', g_stats)
+
+  def critic(d_params, d_stats, images, train):
+    scores, updates = discriminator.apply(
+        _variables(d_params, d_stats), images, train=train,
+        mutable=['batch_stats'])
+    return scores, updates.get('batch_stats', d_stats)
+
+  def critic_update(g_params, g_stats, carry, inputs):
+    d_params, d_opt_state, d_stats = carry
+    real, rng = inputs
+    z_rng, penalty_rng = jax.random.split(rng)
+    z = jax.random.normal(z_rng, (real.shape[0], latent_dim))
+    fake = jax.lax.stop_gradient(generate(g_params, g_stats, z)[0])
+
+    def loss_fn(d_params):
+      real_scores, stats = critic(d_params, d_stats, real, train=True)
+      fake_scores, stats = critic(d_params, stats, fake, train=True)
+      adversarial = losses.critic_loss(loss_config.name, real_scores,
+                                       fake_scores, loss_config.label_smoothing)
+      critic_fn = lambda x: critic(d_params, stats, x, train=False)[0]
+      penalty = losses.penalty(loss_config.penalty, critic_fn, real, fake,
+                               penalty_rng, loss_config.penalty_weight)
+      drift = loss_config.drift_weight * jnp.mean(jnp.square(real_scores))
+      d_real, d_fake = real_scores.mean(), fake_scores.mean()
+      aux = dict(penalty=penalty, d_real=d_real, d_fake=d_fake,
+                 wasserstein=d_real - d_fake)
+      return adversarial + penalty + drift, (stats, aux)
+
+    (loss, (d_stats, aux)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(d_params)
+    updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    metrics = dict(aux, d_loss=loss, d_grad_norm=optax.tree.norm(grads))
+    return (d_params, d_opt_state, d_stats), metrics
+
+  def train_step(state: TrainState, images: jax.Array):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    critic_rng, g_rng = jax.random.split(step_rng)
+    n_critic, batch_size = images.shape[:2]
+    g_stats = state.batch_stats['generator']
+
+    (d_params, d_opt_state, d_stats), critic_metrics = jax.lax.scan(
+        functools.partial(critic_update, state.g_params, g_stats),
+        (state.d_params, state.d_opt_state, state.batch_stats['discriminator']),
+        (images, jax.random.split(critic_rng, n_critic)))
+
+    z = jax.random.normal(g_rng, (batch_size, latent_dim))
+
+    def g_loss_fn(g_params):
+      fake, new_g_stats = generate(g_params, g_stats, z)
+      scores, _ = critic(d_params, d_stats, fake, train=True)
+      return losses.generator_loss(loss_config.name, scores), new_g_stats
+
+    (g_loss, g_stats), g_grads = jax.value_and_grad(
+        g_loss_fn, has_aux=True)(state.g_params)
+    updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
+                                       state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+    ema_params = jax.tree_util.tree_map(
+        lambda ema, new: ema_decay * ema + (1.0 - ema_decay) * new,
+        state.ema_params, g_params)
+
+    new_state = state.replace(
+        step=state.step + 1, g_params=g_params, d_params=d_params,
+        g_opt_state=g_opt_state, d_opt_state=d_opt_state,
+        ema_params=ema_params,
+        batch_stats={'generator': g_stats, 'discriminator': d_stats})
+    metrics = {k: v.mean() for k, v in critic_metrics.items()}
+    metrics.update(g_loss=g_loss, g_grad_norm=optax.tree.norm(g_grads),
+                   g_lr=jnp.asarray(g_schedule(state.step), jnp.float32),
+                   d_lr=jnp.asarray(d_schedule(state.step), jnp.float32))
+    return new_state, metrics
+
+  return train_step
+
+
+def make_sample_fn(generator: nn.Module) -> Callable[..., jax.Array]:
+  """`sample(params, g_stats, z) -> images [N, H, W, 3]` in inference mode."""
+  def sample(params, g_stats, z):
+    return generator.apply(_variables(params, g_stats), z, train=False)
+  return sample
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """The compiled functions of a run and the shardings they agree on.
+
+  Attributes:
+    init: rng -> TrainState, born sharded (params replicated).
+    step: (state, images [n_critic, B, H, W, C]) -> (state, metrics); jitted
+      with the state donated, images split over the mesh's `data` axis.
+    sample: (params, g_stats, z [N, latent]) -> images [N, H, W, 3].
+    abstract_state: TrainState of ShapeDtypeStructs (Orbax's restore target).
+    state_sharding: TrainState of NamedShardings.
+    generator, discriminator: the modules.
+  """
+  init: Callable[[jax.Array], TrainState]
+  step: Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]
+  sample: Callable[..., jax.Array]
+  abstract_state: Any
+  state_sharding: Any
+  generator: nn.Module
+  discriminator: nn.Module
+
+
+def build_program(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
+  """Models, optimizers and jitted init/step/sample for `config` on `mesh`."""
+  generator, discriminator = create_models(config)
+  g_tx, d_tx, g_schedule, d_schedule = create_optimizers(config)
+  init_fn = functools.partial(
+      init_train_state, config=config, generator=generator,
+      discriminator=discriminator, g_tx=g_tx, d_tx=d_tx)
+  abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  replicated = partitioning.replicated(mesh)
+  state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state)
+  step = jax.jit(
+      make_train_step(config, generator, discriminator, g_tx, d_tx,
+                      g_schedule, d_schedule, mesh),
+      in_shardings=(state_sharding, partitioning.batch_sharding(mesh, 1)),
+      out_shardings=(state_sharding, replicated),
+      donate_argnums=0)
+  return Program(
+      init=jax.jit(init_fn, out_shardings=state_sharding),
+      step=step,
+      sample=jax.jit(make_sample_fn(generator), out_shardings=replicated),
+      abstract_state=abstract_state,
+      state_sharding=state_sharding,
+      generator=generator,
+      discriminator=discriminator)

@@ -1,0 +1,47 @@
+"""Trains a GAN: python main.py --config=configs/wgan_gp.py --workdir=DIR.
+
+Kept short on purpose: all logic lives in facegan_jax.train.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None,
+    'Config file, optionally with arguments: configs/wgan_gp.py:res=32,quick. '
+    'Override any key with --config.KEY=VALUE.', lock_config=True)
+flags.DEFINE_string('workdir', None,
+                    'Directory for checkpoints, samples and TensorBoard logs; '
+                    'a run resumes from the checkpoints it finds there.')
+flags.DEFINE_bool('multihost', False,
+                  'Multi-process run (TPU pod, several GPU hosts): call '
+                  'jax.distributed.initialize(), auto-detected on TPU/SLURM or '
+                  'from the three flags below.')
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, for --multihost without '
+                    'auto-detection.')
+flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  # TensorFlow only feeds data here: keep it off the accelerators JAX uses.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.multihost:
+    # CPU hosts need gloo for cross-process collectives; accelerators ignore it.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                               FLAGS.process_id)
+  from facegan_jax import train  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,115 @@
+"""Config recipes, argument strings, command-line overrides and validation."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import default
+from facegan_jax.config_validation import validate_config
+
+RECIPES = ('default', 'wgan_gp', 'dcgan', 'hinge_sn', 'lsgan', 'dragan')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _recipe(name, arg=None):
+  return importlib.import_module(f'configs.{name}').get_config(arg)
+
+
+@pytest.mark.parametrize('name', RECIPES)
+def test_recipes_load_validate_and_keep_the_default_keys(name):
+  config = _recipe(name)
+  validate_config(config)
+  # Recipes override values; they never add or drop keys.
+  assert set(_flat_keys(config.to_dict())) == set(
+      _flat_keys(default.get_config().to_dict()))
+
+
+def _flat_keys(tree, prefix=''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat_keys(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}'
+
+
+def test_wgan_gp_has_the_papers_settings():
+  config = _recipe('wgan_gp')
+  assert (config.optimizer.g_learning_rate, config.optimizer.b1,
+          config.optimizer.b2) == (1e-4, 0.0, 0.9)
+  assert (config.n_critic, config.loss.penalty_weight, config.batch_size,
+          config.dataset.resolution) == (5, 10.0, 64, 64)
+  assert config.loss.penalty == 'wgan_gp' and config.model.d_norm == 'none'
+
+
+def test_recipe_specifics():
+  dcgan = _recipe('dcgan')
+  assert dcgan.loss.name == 'non_saturating' and dcgan.loss.label_smoothing > 0
+  assert (dcgan.optimizer.g_learning_rate, dcgan.optimizer.b1) == (2e-4, 0.5)
+  assert _recipe('hinge_sn').model.spectral_norm
+  assert _recipe('lsgan').loss.name == 'least_squares'
+  assert _recipe('dragan').loss.penalty == 'dragan'
+
+
+def test_argument_string():
+  config = _recipe('wgan_gp', 'res=32,quick')
+  assert config.dataset.resolution == 32
+  assert config.model.g_width < 64 and config.num_train_steps < 1000
+  # quick shrinks after the recipe: the recipe's loss settings stay.
+  assert config.loss.penalty == 'wgan_gp'
+  with pytest.raises(ValueError, match='valid arguments: res, quick'):
+    _recipe('wgan_gp', 'resolution=32')
+  with pytest.raises(ValueError, match='integer'):
+    _recipe('wgan_gp', 'res=big')
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('loss.name', 'wgan', "loss.name='wgan' is not valid; choose one of"),
+    ('loss.penalty', 'gp', 'wgan_gp'),
+    ('optimizer.name', 'sgd', 'rmsprop'),
+    ('optimizer.schedule', 'linear', 'cosine'),
+    ('dtype', 'float16', 'bfloat16'),
+    ('n_critic', 0, 'n_critic must be >= 1'),
+    ('model.generator', 'stylegan', 'dcgan'),
+    ('model.discriminator', 'vit', 'small_cnn'),
+    ('dataset.resolution', 48, '48'),
+    ('dataset.resolution', 512, '512'),
+])
+def test_bad_values_are_refused_with_the_key_and_choices(key, value, message):
+  config = _recipe('wgan_gp')
+  section, _, leaf = key.rpartition('.')
+  (config[section] if section else config)[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    validate_config(config)
+
+
+def test_batch_norm_critic_with_gradient_penalty_is_refused():
+  config = _recipe('wgan_gp')
+  config.model.d_norm = 'batch'
+  with pytest.raises(ValueError, match='d_norm=.batch. cannot be used'):
+    validate_config(config)
+  config.loss.penalty = 'none'
+  validate_config(config)  # without a penalty a batch-norm critic is fine
+
+
+def _run_main(*args):
+  return subprocess.run(
+      [sys.executable, 'main.py', *args], cwd=REPO, capture_output=True,
+      text=True, timeout=120)
+
+
+def test_mistyped_override_fails_loudly_before_training(tmp_path):
+  result = _run_main('--config=configs/wgan_gp.py', f'--workdir={tmp_path}',
+                     '--config.optimizer.g_learnig_rate=0.1')
+  assert result.returncode != 0
+  assert 'g_learnig_rate' in result.stderr
+  assert not os.listdir(tmp_path)  # nothing was started
+
+
+def test_bad_value_on_command_line_names_the_key(tmp_path):
+  result = _run_main('--config=configs/wgan_gp.py', f'--workdir={tmp_path}',
+                     '--config.loss.name=wgan')
+  assert result.returncode != 0
+  assert "loss.name='wgan' is not valid" in result.stderr

@@ -1,0 +1,136 @@
+"""Losses and penalties against closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from facegan_jax import losses
+
+REAL = jnp.array([2.0, -1.0, 0.5])
+FAKE = jnp.array([-0.5, 1.5, 0.0])
+
+
+def _softplus(x):
+  return np.log1p(np.exp(x))
+
+
+def test_wasserstein_losses():
+  np.testing.assert_allclose(losses.critic_loss('wasserstein', REAL, FAKE),
+                             FAKE.mean() - REAL.mean(), rtol=1e-6)
+  np.testing.assert_allclose(losses.generator_loss('wasserstein', FAKE),
+                             -FAKE.mean(), rtol=1e-6)
+
+
+def test_minimax_and_non_saturating_match_binary_cross_entropy():
+  real, fake = np.asarray(REAL), np.asarray(FAKE)
+  sigmoid = lambda x: 1 / (1 + np.exp(-x))
+  expected_d = (-np.log(sigmoid(real)).mean() - np.log(1 - sigmoid(fake)).mean())
+  for name in ('minimax', 'non_saturating'):
+    np.testing.assert_allclose(losses.critic_loss(name, REAL, FAKE),
+                               expected_d, rtol=1e-5)
+  np.testing.assert_allclose(losses.generator_loss('minimax', FAKE),
+                             np.log(1 - sigmoid(fake)).mean(), rtol=1e-5)
+  np.testing.assert_allclose(losses.generator_loss('non_saturating', FAKE),
+                             -np.log(sigmoid(fake)).mean(), rtol=1e-5)
+
+
+def test_label_smoothing_is_one_sided():
+  s = 0.1
+  real, fake = np.asarray(REAL), np.asarray(FAKE)
+  expected = ((_softplus(real) - (1 - s) * real).mean() + _softplus(fake).mean())
+  np.testing.assert_allclose(
+      losses.critic_loss('non_saturating', REAL, FAKE, label_smoothing=s),
+      expected, rtol=1e-5)
+  # Fake targets stay 0: smoothing changes nothing when there are no reals.
+  assert losses.critic_loss('non_saturating', REAL, FAKE, s) != \
+      losses.critic_loss('non_saturating', REAL, FAKE, 0.0)
+
+
+def test_hinge_losses():
+  real, fake = np.asarray(REAL), np.asarray(FAKE)
+  expected = np.maximum(0, 1 - real).mean() + np.maximum(0, 1 + fake).mean()
+  np.testing.assert_allclose(losses.critic_loss('hinge', REAL, FAKE), expected,
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.generator_loss('hinge', FAKE), -fake.mean(),
+                             rtol=1e-6)
+
+
+def test_least_squares_losses():
+  real, fake = np.asarray(REAL), np.asarray(FAKE)
+  np.testing.assert_allclose(
+      losses.critic_loss('least_squares', REAL, FAKE),
+      0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake ** 2).mean(), rtol=1e-6)
+  np.testing.assert_allclose(losses.generator_loss('least_squares', FAKE),
+                             0.5 * ((fake - 1) ** 2).mean(), rtol=1e-6)
+
+
+def test_unknown_names_are_refused_with_choices():
+  with pytest.raises(ValueError, match='hinge'):
+    losses.critic_loss('wgan', REAL, FAKE)
+  with pytest.raises(ValueError, match='least_squares'):
+    losses.generator_loss('lsq', FAKE)
+  with pytest.raises(ValueError, match='wgan_gp'):
+    losses.penalty('gp', lambda x: x.sum(), None, None, None, 1.0)
+
+
+def _linear_critic(w):
+  return lambda x: jnp.einsum('bhwc,hwc->b', x, w)
+
+
+@pytest.fixture(scope='module')
+def linear_setup():
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.normal(size=(4, 4, 3)) * 0.2, jnp.float32)
+  real = jnp.asarray(rng.uniform(-1, 1, (5, 4, 4, 3)), jnp.float32)
+  fake = jnp.asarray(rng.uniform(-1, 1, (5, 4, 4, 3)), jnp.float32)
+  return w, real, fake
+
+
+def test_wgan_gp_of_linear_critic_is_closed_form(linear_setup):
+  # D(x) = <w, x> has input gradient w everywhere: penalty = lambda (|w| - 1)^2.
+  w, real, fake = linear_setup
+  norm = float(jnp.linalg.norm(w))
+  value = losses.wgan_gp_penalty(_linear_critic(w), real, fake,
+                                 jax.random.PRNGKey(0), 10.0)
+  np.testing.assert_allclose(value, 10.0 * (norm - 1) ** 2, rtol=1e-5)
+  # Its gradient w.r.t. w is lambda * 2 (|w| - 1) w / |w|.
+  grad = jax.grad(lambda w: losses.wgan_gp_penalty(
+      _linear_critic(w), real, fake, jax.random.PRNGKey(0), 10.0))(w)
+  np.testing.assert_allclose(grad, 10.0 * 2 * (norm - 1) * w / norm, rtol=1e-4,
+                             atol=1e-6)
+
+
+def test_dragan_and_r1_of_linear_critic(linear_setup):
+  w, real, _ = linear_setup
+  norm = float(jnp.linalg.norm(w))
+  np.testing.assert_allclose(
+      losses.dragan_penalty(_linear_critic(w), real, jax.random.PRNGKey(1), 10.0),
+      10.0 * (norm - 1) ** 2, rtol=1e-5)
+  np.testing.assert_allclose(losses.r1_penalty(_linear_critic(w), real, 4.0),
+                             0.5 * 4.0 * norm ** 2, rtol=1e-5)
+
+
+def test_wgan_gp_uses_per_example_norms():
+  # D(x) = sum(x^2) / 2 has gradient x: each interpolate's own norm counts.
+  critic = lambda x: 0.5 * jnp.sum(jnp.square(x), axis=(1, 2, 3))
+  real = jnp.stack([jnp.full((2, 2, 1), 1.0), jnp.full((2, 2, 1), 3.0)])
+  fake = real  # interpolates equal the reals whatever alpha is
+  norms = np.array([2.0, 6.0])  # |x| for 4 pixels of value 1 and 3
+  expected = np.mean((norms - 1) ** 2)
+  np.testing.assert_allclose(
+      losses.wgan_gp_penalty(critic, real, fake, jax.random.PRNGKey(0), 1.0),
+      expected, rtol=1e-5)
+
+
+def test_wgan_gp_interpolates_between_real_and_fake():
+  # A critic whose input gradient is x itself reveals where it was evaluated.
+  critic = lambda x: 0.5 * jnp.sum(jnp.square(x), axis=(1, 2, 3))
+  real = jnp.full((64, 1, 1, 1), 1.0)
+  fake = jnp.full((64, 1, 1, 1), -1.0)
+  grads = losses.input_gradients(critic, real)  # sanity: gradient is x
+  np.testing.assert_allclose(grads, real)
+  # Interpolates lie in [-1, 1], so norms |x| <= 1 and the penalty is
+  # E[(|x| - 1)^2] with x = 2a - 1, a ~ U[0,1]: E = 1/3 for many samples.
+  value = losses.wgan_gp_penalty(critic, real, fake, jax.random.PRNGKey(0), 1.0)
+  assert 0.15 < float(value) < 0.55
