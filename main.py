@@ -3,8 +3,11 @@
 Kept short on purpose: all logic lives in facegan_jax.train.
 """
 
+import os
+
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -30,7 +33,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  # TensorFlow only feeds data here: keep it off the accelerators JAX uses.
+  if not FLAGS['verbosity'].present:
+    # Orbax and TF log every save at INFO; the run prints its own progress.
+    logging.set_verbosity(logging.WARNING)
+  # TensorFlow only feeds data here: keep it quiet and off the accelerators.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   import jax  # pylint: disable=g-import-not-at-top

@@ -50,12 +50,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_samples = 64  # Images in each sample grid (a square number reads best).
   config.checkpoint_every = 1000  # Steps between checkpoints.
   config.keep_checkpoints = 3  # How many recent checkpoints to keep on disk.
+  config.profile_steps = 0  # Steps to trace for TensorBoard's profiler (from the 2nd step); 0 = off.
   config.eval_every = 0  # Steps between FID evaluations; 0 turns evaluation off.
   config.eval_num_samples = 10_000  # Generated images per FID evaluation.
   config.allow_config_change = False  # Resume even if model/optimizer keys changed.
   config.init_from = ''  # Checkpoint directory to take initial weights from ('' = fresh).
   config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
-  config.ema_decay = 0.999  # Decay of the EMA generator; 0 disables averaging.
+  config.ema_decay = 0.999  # EMA generator decay (warm-up min(decay, (1+t)/(10+t))); 0 = no averaging.
   config.n_critic = 5  # Critic updates per generator update, each on a fresh real batch.
 
   # --- Data ---------------------------------------------------------------
@@ -71,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.num_images = 20_000  # 'procedural': distinct faces in the dataset.
   config.dataset.shuffle_buffer = 10_000  # Examples in the shuffle buffer.
   config.dataset.random_flip = True  # Random horizontal flips (faces are symmetric).
+  config.dataset.vertical_flip = False  # Random vertical flips (off: faces are not upside down).
+  config.dataset.translate = 0.0  # Random shift of up to this fraction of the side, in [0, 0.5).
+  config.dataset.rotate = 0.0  # Random rotation of up to this many degrees, in [0, 180].
+  config.dataset.standardize = False  # Per-channel zero mean / unit variance instead of [-1, 1].
 
   # --- Models -------------------------------------------------------------
   config.model = ml_collections.ConfigDict()

@@ -24,7 +24,7 @@ from facegan_jax.train_state import TrainState
 RESUME_SAFE_KEYS = frozenset({
     'num_train_steps', 'log_every', 'sample_every', 'num_samples',
     'checkpoint_every', 'keep_checkpoints', 'eval_every', 'eval_num_samples',
-    'allow_config_change', 'init_from',
+    'allow_config_change', 'init_from', 'profile_steps',
 })
 
 
@@ -40,13 +40,13 @@ def flatten_config(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def config_differences(saved: dict[str, Any],
-                       current: dict[str, Any]) -> list[str]:
-  """Keys whose values differ, other than RESUME_SAFE_KEYS, as readable lines."""
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       ignore: frozenset[str] = RESUME_SAFE_KEYS) -> list[str]:
+  """Keys whose values differ, other than `ignore`, as readable lines."""
   saved_flat, current_flat = flatten_config(saved), flatten_config(current)
   lines = []
   for key in sorted(set(saved_flat) | set(current_flat)):
-    if key in RESUME_SAFE_KEYS:
+    if key in ignore:
       continue
     old = saved_flat.get(key, '<absent>')
     new = current_flat.get(key, '<absent>')
@@ -67,10 +67,11 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int, checkpoint_every: int):
     self.directory = epath.Path(directory)
+    self._checkpoint_every = checkpoint_every
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=checkpoint_every,
+            max_to_keep=keep,
             enable_async_checkpointing=True, cleanup_tmp_directories=True))
 
   def all_steps(self) -> list[int]:
@@ -78,7 +79,7 @@ class Checkpointer:
 
   def should_save(self, step: int) -> bool:
     """True at checkpoint_every multiples and when preemption was signalled."""
-    return (self._manager.should_save(step) or
+    return (step % self._checkpoint_every == 0 or
             self._manager.reached_preemption(step))
 
   def reached_preemption(self, step: int) -> bool:
@@ -131,7 +132,11 @@ class Checkpointer:
 def check_resume_config(saved_config: dict[str, Any],
                         config: ml_collections.ConfigDict) -> None:
   """Refuses to resume when keys that shape the model or optimizer changed."""
-  differences = config_differences(saved_config, config.to_dict())
+  ignore = RESUME_SAFE_KEYS
+  if config.optimizer.schedule == 'cosine':
+    # The cosine schedule is stretched over num_train_steps.
+    ignore = ignore - {'num_train_steps'}
+  differences = config_differences(saved_config, config.to_dict(), ignore)
   if differences and not config.allow_config_change:
     raise ValueError(
         'The config differs from the one this checkpoint was trained with:\n  '

@@ -9,6 +9,7 @@ import math
 import os
 import time
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -87,3 +88,17 @@ def progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
           f'W {scalars["wasserstein"]:.4f}  penalty {scalars["penalty"]:.4f}  '
           f'{scalars["steps_per_s"]:.2f} steps/s  '
           f'{scalars["images_per_s"]:.1f} img/s  ETA {format_duration(eta)}')
+
+
+def device_memory() -> dict[str, float]:
+  """Memory in use on this process's first device, in GiB, where reported.
+
+  CPU backends report nothing; GPUs and TPUs report bytes in use and peak.
+  """
+  stats = jax.local_devices()[0].memory_stats() or {}
+  report = {}
+  for key, name in (('bytes_in_use', 'memory_in_use_gib'),
+                    ('peak_bytes_in_use', 'memory_peak_gib')):
+    if key in stats:
+      report[name] = stats[key] / 2**30
+  return report

@@ -13,8 +13,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 from clu import metric_writers
+from clu import periodic_actions
 
 import input_pipeline
 from facegan_jax import checkpointing
@@ -85,7 +85,7 @@ def _run_metadata(config: ml_collections.ConfigDict, step: int) -> dict[str, Any
   }
 
 
-def _write_sample_grids(writer, program.sample, state, z, workdir, step) -> None:
+def _write_sample_grids(writer, sample_fn, state, z, workdir, step) -> None:
   grids = {}
   for name, params in (('samples', state.g_params),
                        ('samples_ema', state.ema_params)):
@@ -149,12 +149,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   images_per_step = config.n_critic * config.batch_size
   meter = monitoring.ThroughputMeter(start_step, images_per_step)
+  started = time.perf_counter()
   print(f'Training {config.model.generator}/{config.model.discriminator} '
         f'({config.loss.name}, penalty {config.loss.penalty}) at '
         f'{config.dataset.resolution}x{config.dataset.resolution} on '
         f'{mesh.devices.size} {jax.default_backend()} device(s), '
         f'steps {start_step}->{config.num_train_steps}, workdir {workdir}',
         flush=True)
+
+  hooks = []
+  if jax.process_index() == 0:
+    hooks.append(periodic_actions.ReportProgress(
+        num_train_steps=config.num_train_steps, writer=writer,
+        every_steps=config.log_every))
+    if config.profile_steps:
+      hooks.append(periodic_actions.Profile(
+          logdir=workdir, num_profile_steps=config.profile_steps,
+          first_profile=start_step + 2, every_secs=None))
 
   step = start_step
   with _StopRequest() as stop:
@@ -166,20 +177,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state, metrics = program.step(
           state, partitioning.make_global_batch(local_images, mesh, batch_axis=1))
       step += 1
+      for hook in hooks:
+        hook(step)
       if step == start_step + 1:
+        # Time the rest without the compilation the first step paid for.
         jax.block_until_ready(state.step)
-        print(f'First step (with compilation) done at step {step}.', flush=True)
+        print(f'Step {step} done in {time.perf_counter() - started:.1f}s '
+              '(includes compilation).', flush=True)
+        meter = monitoring.ThroughputMeter(step, images_per_step)
       last = step == config.num_train_steps
-      if step % config.log_every == 0 or last:
+      log = step % config.log_every == 0 or last
+      save = checkpointer.should_save(step) or last or stop.requested
+      if log or save:
+        # The only host sync: metrics leave the device at log and save steps,
+        # and a non-finite state is never written over a good checkpoint.
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
         _check_finite(step, scalars)
+      if log:
         scalars.update(meter.mark(step))
+        scalars.update(monitoring.device_memory())
         writer.write_scalars(step, scalars)
         print(monitoring.progress_line(step, config.num_train_steps, scalars),
               flush=True)
       if step % config.sample_every == 0 or last:
-        _write_sample_grids(writer, program.sample, state, sample_z, workdir, step)
-      if checkpointer.should_save(step) or last or stop.requested:
+        _write_sample_grids(writer, program.sample, state, sample_z, workdir,
+                            step)
+      if save:
         checkpointer.save(state, _run_metadata(config, step),
                           force=last or stop.requested)
       if stop.requested:

@@ -172,8 +172,10 @@ def make_train_step(config: ml_collections.ConfigDict,
     updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
                                        state.g_params)
     g_params = optax.apply_updates(state.g_params, updates)
+    # Warm-up: the average forgets the random init quickly in short runs.
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema_params = jax.tree_util.tree_map(
-        lambda ema, new: ema_decay * ema + (1.0 - ema_decay) * new,
+        lambda ema, new: decay * ema + (1.0 - decay) * new,
         state.ema_params, g_params)
 
     new_state = state.replace(

