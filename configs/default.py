@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.vertical_flip = False  # Random vertical flips (off: faces are not upside down).
   config.dataset.translate = 0.0  # Random shift of up to this fraction of the side, in [0, 0.5).
   config.dataset.rotate = 0.0  # Random rotation of up to this many degrees, in [0, 180].
+  config.dataset.diffaugment = ''  # On-device DiffAugment of real and fake: '' or e.g. 'color,translation,cutout'.
   config.dataset.standardize = False  # Per-channel zero mean / unit variance instead of [-1, 1].
 
   # --- Models -------------------------------------------------------------

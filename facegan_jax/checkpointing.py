@@ -65,14 +65,16 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
 class Checkpointer:
   """Saves and restores TrainStates in `directory` (keep the last N)."""
 
-  def __init__(self, directory: str, keep: int, checkpoint_every: int):
+  def __init__(self, directory: str, keep: int = 1, checkpoint_every: int = 1,
+               read_only: bool = False):
     self.directory = epath.Path(directory)
     self._checkpoint_every = checkpoint_every
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            enable_async_checkpointing=True, cleanup_tmp_directories=True))
+            max_to_keep=keep, read_only=read_only, create=not read_only,
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=not read_only))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -97,12 +99,14 @@ class Checkpointer:
                                 meta=ocp.args.JsonSave(meta)),
         force=force)
 
-  def restore_latest(self, abstract_state: Any) -> tuple[TrainState, dict] | None:
+  def restore_latest(self, abstract_state: Any | None
+                     ) -> tuple[TrainState | dict[str, Any], dict] | None:
     """The newest checkpoint that loads, as (state, meta); None if none.
 
     Args:
       abstract_state: the TrainState of ShapeDtypeStructs with shardings
-        (see `abstract_with_shardings`).
+        (see `abstract_with_shardings`); None restores the saved tree as
+        host arrays in a dict, whatever its shapes.
     """
     for step in reversed(self.all_steps()):
       try:
@@ -145,3 +149,26 @@ def check_resume_config(saved_config: dict[str, Any],
         '--config.allow_config_change=True to resume anyway.')
   if differences:
     logging.warning('Resuming with a changed config: %s', '; '.join(differences))
+
+
+def load_weights(run_dir: str) -> dict[str, Any]:
+  """Model weights of the newest readable checkpoint of another run.
+
+  Args:
+    run_dir: a run's workdir (or its `checkpoints` folder).
+
+  Returns:
+    {'g_params', 'd_params', 'ema_params', 'batch_stats'} as host arrays.
+  """
+  path = epath.Path(run_dir)
+  if (path / 'checkpoints').is_dir():
+    path = path / 'checkpoints'
+  if not path.is_dir():
+    raise ValueError(f'init_from={run_dir!r} is not a directory; give the '
+                     'workdir of a previous run.')
+  restored = Checkpointer(str(path), read_only=True).restore_latest(None)
+  if restored is None:
+    raise ValueError(f'init_from={run_dir!r} holds no readable checkpoint.')
+  state, _ = restored
+  return {key: state[key] for key in
+          ('g_params', 'd_params', 'ema_params', 'batch_stats')}

@@ -99,6 +99,21 @@ def _write_sample_grids(writer, sample_fn, state, z, workdir, step) -> None:
   writer.write_images(step, {k: v[None] for k, v in grids.items()})
 
 
+def _with_weights_from(state, run_dir: str, state_sharding):
+  """`state` with the models' weights of another run's newest checkpoint.
+
+  Optimizer states, step and rng stay fresh: this starts a new run.
+  """
+  weights = checkpointing.load_weights(run_dir)
+  for name, tree in weights.items():
+    expected = jax.tree_util.tree_map(np.shape, getattr(state, name))
+    if jax.tree_util.tree_map(np.shape, tree) != expected:
+      raise ValueError(
+          f'init_from={run_dir!r}: its {name} do not match the models of this '
+          'config; use the same model.* and dataset.resolution settings.')
+  return jax.device_put(state.replace(**weights), state_sharding)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Any:
   """Trains until `config.num_train_steps`; returns the final TrainState."""
@@ -125,6 +140,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     print(f'Resuming from step {int(state.step)} in {workdir}.', flush=True)
   else:
     state = program.init(run_rng)
+    if config.init_from:
+      state = _with_weights_from(state, config.init_from, program.state_sharding)
+      print(f'Initialized weights from {config.init_from}.', flush=True)
   start_step = int(state.step)
 
   local_batch_size = config.batch_size // jax.process_count()
@@ -185,9 +203,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         print(f'Step {step} done in {time.perf_counter() - started:.1f}s '
               '(includes compilation).', flush=True)
         meter = monitoring.ThroughputMeter(step, images_per_step)
+      # Read once: a signal arriving later in this step is handled next step.
+      stopping = stop.requested
       last = step == config.num_train_steps
       log = step % config.log_every == 0 or last
-      save = checkpointer.should_save(step) or last or stop.requested
+      save = checkpointer.should_save(step) or last or stopping
       if log or save:
         # The only host sync: metrics leave the device at log and save steps,
         # and a non-finite state is never written over a good checkpoint.
@@ -204,8 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                             step)
       if save:
         checkpointer.save(state, _run_metadata(config, step),
-                          force=last or stop.requested)
-      if stop.requested:
+                          force=last or stopping)
+      if stopping:
         print(f'Stopped at step {step}; checkpoint saved. Run the same command '
               'to resume.', flush=True)
         break

@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from facegan_jax import losses
+from input_pipeline.diffaugment import diff_augment
 from facegan_jax import models
 from facegan_jax import optimizers
 from facegan_jax import partitioning
@@ -102,6 +103,12 @@ def make_train_step(config: ml_collections.ConfigDict,
   loss_config = config.loss
   latent_dim = config.model.latent_dim
   ema_decay = config.ema_decay
+  augmentation = config.dataset.diffaugment
+
+  def augment(images, rng):
+    # DiffAugment: the critic sees real and fake through the same random,
+    # differentiable transforms, so gradients reach the generator through them.
+    return diff_augment(images, rng, augmentation) if augmentation else images
 
   def shard_batch(x):
     if mesh is None:
@@ -124,9 +131,11 @@ def make_train_step(config: ml_collections.ConfigDict,
   def critic_update(g_params, g_stats, carry, inputs):
     d_params, d_opt_state, d_stats = carry
     real, rng = inputs
-    z_rng, penalty_rng = jax.random.split(rng)
+    z_rng, penalty_rng, real_aug_rng, fake_aug_rng = jax.random.split(rng, 4)
     z = jax.random.normal(z_rng, (real.shape[0], latent_dim))
     fake = jax.lax.stop_gradient(generate(g_params, g_stats, z)[0])
+    real = augment(real, real_aug_rng)
+    fake = augment(fake, fake_aug_rng)
 
     def loss_fn(d_params):
       real_scores, stats = critic(d_params, d_stats, real, train=True)
@@ -151,7 +160,7 @@ def make_train_step(config: ml_collections.ConfigDict,
 
   def train_step(state: TrainState, images: jax.Array):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    critic_rng, g_rng = jax.random.split(step_rng)
+    critic_rng, g_rng, g_aug_rng = jax.random.split(step_rng, 3)
     n_critic, batch_size = images.shape[:2]
     g_stats = state.batch_stats['generator']
 
@@ -164,7 +173,7 @@ def make_train_step(config: ml_collections.ConfigDict,
 
     def g_loss_fn(g_params):
       fake, new_g_stats = generate(g_params, g_stats, z)
-      scores, _ = critic(d_params, d_stats, fake, train=True)
+      scores, _ = critic(d_params, d_stats, augment(fake, g_aug_rng), train=True)
       return losses.generator_loss(loss_config.name, scores), new_g_stats
 
     (g_loss, g_stats), g_grads = jax.value_and_grad(

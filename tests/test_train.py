@@ -90,3 +90,19 @@ def test_non_finite_loss_stops_the_run_naming_step_and_term(tmp_path):
     train.train_and_evaluate(config, workdir)
   # The non-finite state was not written: no checkpoint at all exists.
   assert not glob.glob(os.path.join(workdir, 'checkpoints', '[0-9]*'))
+
+
+def test_init_from_takes_weights_and_starts_fresh(four_steps, tmp_path):
+  source, trained = four_steps
+  config = _config(num_train_steps=1, init_from=source)
+  config.optimizer.g_learning_rate = 1e-12  # keep weights ~equal after 1 step
+  config.optimizer.d_learning_rate = 1e-12
+  config.ema_decay = 0.0
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 1
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(state.d_params)),
+                  jax.tree_util.tree_leaves(jax.device_get(trained.d_params))):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  bad = _config(init_from=str(tmp_path / 'missing'))
+  with pytest.raises(ValueError, match='init_from'):
+    train.train_and_evaluate(bad, str(tmp_path / 'other'))

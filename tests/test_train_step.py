@@ -76,12 +76,15 @@ def test_metrics_are_finite_and_consistent(three_steps):
                                rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('loss,penalty', [
-    ('non_saturating', 'dragan'), ('hinge', 'none'),
-    ('least_squares', 'r1'), ('minimax', 'none')])
-def test_every_loss_and_penalty_trains(loss, penalty):
+@pytest.mark.parametrize('loss,penalty,diffaugment', [
+    ('non_saturating', 'dragan', ''),
+    ('hinge', 'none', 'color,translation,cutout'),
+    ('least_squares', 'r1', ''),
+    ('minimax', 'none', '')])
+def test_every_loss_and_penalty_trains(loss, penalty, diffaugment):
   config = tiny_config(**{'loss.name': loss, 'loss.penalty': penalty,
-                          'n_critic': 1, 'model.spectral_norm': loss == 'hinge'})
+                          'n_critic': 1, 'model.spectral_norm': loss == 'hinge',
+                          'dataset.diffaugment': diffaugment})
   program, state, mesh = _build(config)
   for images in _batches(config, 2, mesh):
     state, metrics = program.step(state, images)
