@@ -80,14 +80,13 @@ def init_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
       rng=run_rng)
 
 
-def make_train_step(config: ml_collections.ConfigDict,
-                    generator: nn.Module, discriminator: nn.Module,
-                    g_tx: optax.GradientTransformation,
-                    d_tx: optax.GradientTransformation,
-                    g_schedule: optax.Schedule, d_schedule: optax.Schedule,
-                    mesh: Mesh | None = None,
-                    ) -> Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]:
-  """Builds `train_step(state, images) -> (state, metrics)` (not yet jitted).
+def make_train_phases(config: ml_collections.ConfigDict,
+                      generator: nn.Module, discriminator: nn.Module,
+                      g_tx: optax.GradientTransformation,
+                      d_tx: optax.GradientTransformation,
+                      g_schedule: optax.Schedule, d_schedule: optax.Schedule,
+                      mesh: Mesh | None = None):
+  """The two halves of a step, as pure functions (not yet jitted).
 
   Args:
     config: the run's config.
@@ -97,8 +96,10 @@ def make_train_step(config: ml_collections.ConfigDict,
       its `data` axis, so every device generates its own share.
 
   Returns:
-    The step. `images` is [n_critic, B, H, W, C] in [-1, 1]; metrics are
-    float32 scalars that stay on device until the caller fetches them.
+    critic_phase(state, images [n_critic, B, H, W, C]) -> (state, metrics):
+      n_critic critic updates in a lax.scan, each on its own real batch.
+    generator_phase(state, B) -> (state, metrics): one generator update on B
+      fresh latents, the EMA update, and step + 1.
   """
   loss_config = config.loss
   latent_dim = config.model.latent_dim
@@ -158,22 +159,35 @@ def make_train_step(config: ml_collections.ConfigDict,
     metrics = dict(aux, d_loss=loss, d_grad_norm=optax.tree.norm(grads))
     return (d_params, d_opt_state, d_stats), metrics
 
-  def train_step(state: TrainState, images: jax.Array):
+  def split_rng(state):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    critic_rng, g_rng, g_aug_rng = jax.random.split(step_rng, 3)
-    n_critic, batch_size = images.shape[:2]
-    g_stats = state.batch_stats['generator']
+    return jax.random.split(step_rng, 3)  # critic, generator, g augmentation
 
-    (d_params, d_opt_state, d_stats), critic_metrics = jax.lax.scan(
-        functools.partial(critic_update, state.g_params, g_stats),
+  def critic_phase(state: TrainState, images: jax.Array):
+    critic_rng, _, _ = split_rng(state)
+    (d_params, d_opt_state, d_stats), metrics = jax.lax.scan(
+        functools.partial(critic_update, state.g_params,
+                          state.batch_stats['generator']),
         (state.d_params, state.d_opt_state, state.batch_stats['discriminator']),
-        (images, jax.random.split(critic_rng, n_critic)))
+        (images, jax.random.split(critic_rng, images.shape[0])))
+    state = state.replace(
+        d_params=d_params, d_opt_state=d_opt_state,
+        batch_stats={'generator': state.batch_stats['generator'],
+                     'discriminator': d_stats})
+    metrics = {k: v.mean() for k, v in metrics.items()}
+    metrics['d_lr'] = jnp.asarray(d_schedule(state.step), jnp.float32)
+    return state, metrics
 
+  def generator_phase(state: TrainState, batch_size: int):
+    _, g_rng, g_aug_rng = split_rng(state)
     z = jax.random.normal(g_rng, (batch_size, latent_dim))
+    g_stats = state.batch_stats['generator']
+    d_stats = state.batch_stats['discriminator']
 
     def g_loss_fn(g_params):
       fake, new_g_stats = generate(g_params, g_stats, z)
-      scores, _ = critic(d_params, d_stats, augment(fake, g_aug_rng), train=True)
+      scores, _ = critic(state.d_params, d_stats, augment(fake, g_aug_rng),
+                         train=True)
       return losses.generator_loss(loss_config.name, scores), new_g_stats
 
     (g_loss, g_stats), g_grads = jax.value_and_grad(
@@ -186,17 +200,31 @@ def make_train_step(config: ml_collections.ConfigDict,
     ema_params = jax.tree_util.tree_map(
         lambda ema, new: decay * ema + (1.0 - decay) * new,
         state.ema_params, g_params)
-
     new_state = state.replace(
-        step=state.step + 1, g_params=g_params, d_params=d_params,
-        g_opt_state=g_opt_state, d_opt_state=d_opt_state,
+        step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state,
         ema_params=ema_params,
         batch_stats={'generator': g_stats, 'discriminator': d_stats})
-    metrics = {k: v.mean() for k, v in critic_metrics.items()}
-    metrics.update(g_loss=g_loss, g_grad_norm=optax.tree.norm(g_grads),
-                   g_lr=jnp.asarray(g_schedule(state.step), jnp.float32),
-                   d_lr=jnp.asarray(d_schedule(state.step), jnp.float32))
+    metrics = dict(g_loss=g_loss, g_grad_norm=optax.tree.norm(g_grads),
+                   g_lr=jnp.asarray(g_schedule(state.step), jnp.float32))
     return new_state, metrics
+
+  return critic_phase, generator_phase
+
+
+def make_train_step(*args, **kwargs
+                    ) -> Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]:
+  """Builds `train_step(state, images) -> (state, metrics)` (not yet jitted).
+
+  Takes the arguments of `make_train_phases`. `images` is
+  [n_critic, B, H, W, C] in [-1, 1]; metrics are float32 scalars that stay on
+  device until the caller fetches them.
+  """
+  critic_phase, generator_phase = make_train_phases(*args, **kwargs)
+
+  def train_step(state: TrainState, images: jax.Array):
+    state, critic_metrics = critic_phase(state, images)
+    state, generator_metrics = generator_phase(state, images.shape[1])
+    return state, {**critic_metrics, **generator_metrics}
 
   return train_step
 
