@@ -1,0 +1,151 @@
+"""Times the train step: compile, critic step, generator step, full iteration.
+
+  python benchmarks/train_step.py --config=configs/wgan_gp.py [--torch_reference]
+
+Prints a readable table, then, as its last line, one JSON object with config,
+backend, batch_size, compile_s, critic_step_s, generator_step_s,
+iteration_s, images_per_s, sec_per_kimg, gflops_per_s, peak_gflops_per_s,
+peak_memory_gib (and with --torch_reference torch_iteration_s and ratio =
+iteration_s / torch_iteration_s). Runs without TensorFlow: batches are random
+images placed on the mesh, so only the step is timed.
+"""
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from facegan_jax import partitioning
+from facegan_jax import train_step as train_step_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/wgan_gp.py',
+                                'Config (recipe[:args]) to benchmark.',
+                                lock_config=True)
+flags.DEFINE_integer('repeats', 5, 'Timed repetitions of each step.')
+flags.DEFINE_bool('torch_reference', False,
+                  'Also time the PyTorch peer (benchmarks/torch_reference.py).')
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """Measured float32 matmul throughput of the default device."""
+  a = jnp.ones((n, n), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(matmul(a))
+  return 2 * n ** 3 / _median_seconds(lambda: matmul(a), repeats) / 1e9
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return float((analysis or {}).get('flops', 0.0))
+
+
+def _peak_memory_gib() -> float:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2 ** 30
+  # CPU: the process's peak resident memory (KiB on Linux).
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def benchmark(config, repeats: int) -> dict:
+  """Times `config`'s step on all devices; returns the figures."""
+  mesh = partitioning.create_mesh()
+  program = train_step_lib.build_program(config, mesh)
+  generator, discriminator = program.generator, program.discriminator
+  g_tx, d_tx, g_schedule, d_schedule = train_step_lib.create_optimizers(config)
+  critic_phase, generator_phase = train_step_lib.make_train_phases(
+      config, generator, discriminator, g_tx, d_tx, g_schedule, d_schedule,
+      mesh)
+  res, batch, n_critic = (config.dataset.resolution, config.batch_size,
+                          config.n_critic)
+  rng = np.random.default_rng(0)
+
+  def images(n):
+    host = rng.uniform(-1, 1, (n, batch, res, res, 3)).astype(np.float32)
+    return partitioning.make_global_batch(host, mesh, batch_axis=1)
+
+  state = program.init(jax.random.PRNGKey(0))
+  full_images, one_images = images(n_critic), images(1)
+
+  start = time.perf_counter()
+  step = program.step.lower(state, full_images).compile()
+  compile_s = time.perf_counter() - start
+  critic = jax.jit(critic_phase).lower(state, one_images).compile()
+  generator_only = jax.jit(generator_phase, static_argnums=1).lower(
+      state, batch).compile()
+
+  # The full step donates its state: thread it through the repetitions.
+  holder = {'state': step(state, full_images)[0]}
+
+  def run_full():
+    holder['state'], metrics = step(holder['state'], full_images)
+    return metrics
+
+  iteration_s = _median_seconds(run_full, repeats)
+  state = holder['state']
+  critic_s = _median_seconds(lambda: critic(state, one_images)[1], repeats)
+  generator_s = _median_seconds(lambda: generator_only(state)[1],
+                                repeats)
+  images_per_s = n_critic * batch / iteration_s
+  return {
+      'backend': jax.default_backend(),
+      'devices': mesh.devices.size,
+      'batch_size': batch,
+      'n_critic': n_critic,
+      'compile_s': compile_s,
+      'critic_step_s': critic_s,
+      'generator_step_s': generator_s,
+      'iteration_s': iteration_s,
+      'images_per_s': images_per_s,
+      'sec_per_kimg': 1000 / images_per_s,
+      'gflops_per_iteration': _flops(step) / 1e9,
+      'gflops_per_s': _flops(step) / 1e9 / iteration_s,
+      'peak_memory_gib': _peak_memory_gib(),
+  }
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  figures = {'config': config_flags.get_config_filename(FLAGS['config'])}
+  figures.update(benchmark(config, FLAGS.repeats))
+  figures['peak_gflops_per_s'] = matmul_peak_gflops()
+  figures['fraction_of_peak'] = (figures['gflops_per_s'] /
+                                 figures['peak_gflops_per_s'])
+  if FLAGS.torch_reference:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_reference  # pylint: disable=g-import-not-at-top
+    figures.update(torch_reference.time_iteration(config, FLAGS.repeats))
+    figures['ratio'] = figures['iteration_s'] / figures['torch_iteration_s']
+  for key, value in figures.items():
+    print(f'{key:>24}: {value:.4g}' if isinstance(value, float)
+          else f'{key:>24}: {value}')
+  print(json.dumps(figures))
+
+
+if __name__ == '__main__':
+  app.run(main)
