@@ -1,0 +1,24 @@
+"""Input pipeline: tf.data datasets of face images for training.
+
+  create_dataset(dataset_config, local_batch_size=..., seed=...)
+  validate_dataset_config(dataset_config)
+
+Sources (`dataset.source`): 'procedural' (built-in, offline), 'folder' (made
+by `python -m input_pipeline.prepare`) and 'tfds'. `diffaugment` holds the
+on-device, pure-JAX DiffAugment.
+
+Importing this package stays light (no TensorFlow) until one of the two
+functions above is used: the train step imports `input_pipeline.diffaugment`
+on machines without TensorFlow, and the dataset tool's worker processes
+import `input_pipeline.image_files` and must start fast.
+"""
+
+_LAZY = ('create_dataset', 'validate_dataset_config')
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+  if name in _LAZY:
+    from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+    return getattr(pipeline, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
