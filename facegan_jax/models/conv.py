@@ -1,0 +1,265 @@
+"""2-D convolution that XLA:CPU differentiates fast, to any order.
+
+On XLA:CPU the input gradient of a convolution, and every second-order
+gradient (the WGAN-GP penalty differentiates the critic w.r.t. its input and
+then w.r.t. its parameters), lowers to convolutions with a reversed kernel
+window (`rhs_reversal` in the optimized HLO) that miss the fast Eigen/oneDNN
+path and run 20-100x slower than the forward pass (docs/cpu-performance.md).
+
+`conv2d_fast` computes exactly `lax.conv_general_dilated` (NHWC input, HWIO
+kernel) as shifted slices concatenated on the channel axis followed by one
+matmul (im2col by slicing). A strided convolution first folds the stride
+into channels (space-to-depth) and becomes a stride-1 convolution with a
+rearranged kernel. Every derivative of slices, pads, reshapes and matmuls is
+again slices, pads, reshapes and matmuls, so no convolution is left for XLA to
+lower badly, whatever the order of differentiation.
+
+Parameters keep the standard flax `nn.Conv` layout (`kernel` [kh, kw, Cin,
+Cout], `bias` [Cout]); the kernel is rearranged inside the forward pass, so
+checkpoints do not depend on the implementation.
+"""
+
+from collections.abc import Sequence
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+IMPLS = ('fast', 'xla')
+
+PaddingLike = str | int | Sequence[int | tuple[int, int]]
+Array = jax.Array
+
+_DEFAULT_KERNEL_INIT = nn.initializers.lecun_normal()
+
+
+def check_impl(impl: str) -> None:
+  """Raises ValueError unless `impl` names a convolution implementation."""
+  if impl not in IMPLS:
+    raise ValueError(
+        f'impl={impl!r} is not a convolution implementation; valid choices: '
+        f'{", ".join(IMPLS)}.')
+
+
+def explicit_padding(padding: PaddingLike, spatial_shape: Sequence[int],
+                     kernel_size: Sequence[int],
+                     strides: Sequence[int]) -> list[tuple[int, int]]:
+  """Returns [(low, high)] per spatial dim, as `lax.conv_general_dilated` pads.
+
+  Args:
+    padding: 'SAME', 'VALID', one int for all sides, or per-dimension ints or
+      (low, high) pairs (the forms flax `nn.Conv` accepts).
+    spatial_shape: (H, W) of the input.
+    kernel_size: (kh, kw).
+    strides: (sh, sw).
+  """
+  if isinstance(padding, str):
+    if padding.upper() not in ('SAME', 'VALID'):
+      raise ValueError(
+          f'padding={padding!r} is not supported; valid choices: SAME, VALID, '
+          'an int, or (low, high) pairs per spatial dimension.')
+    return [tuple(p) for p in lax.padtype_to_pads(
+        tuple(spatial_shape), tuple(kernel_size), tuple(strides),
+        padding.upper())]
+  if isinstance(padding, int):
+    return [(padding, padding)] * len(spatial_shape)
+  pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+  if len(pads) != len(spatial_shape):
+    raise ValueError(
+        f'padding={padding!r} must have one entry per spatial dimension '
+        f'({len(spatial_shape)}).')
+  return pads
+
+
+def space_to_depth(x: Array, block: Sequence[int]) -> Array:
+  """Folds (bh, bw) pixel blocks into channels.
+
+  Args:
+    x: [B, H, W, C] with H divisible by bh and W by bw.
+    block: (bh, bw).
+
+  Returns:
+    [B, H / bh, W / bw, bh * bw * C], channels ordered (row in block, column
+    in block, C).
+  """
+  bh, bw = block
+  if (bh, bw) == (1, 1):
+    return x
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // bh, bh, w // bw, bw, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // bh, w // bw, bh * bw * c)
+
+
+def depth_to_space(x: Array, block: Sequence[int]) -> Array:
+  """Inverse of `space_to_depth`: [B, H, W, bh*bw*C] -> [B, H*bh, W*bw, C]."""
+  bh, bw = block
+  b, h, w, c = x.shape
+  c //= bh * bw
+  x = x.reshape(b, h, w, bh, bw, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * bh, w * bw, c)
+
+
+def valid_conv_by_slices(x: Array, kernel: Array,
+                         precision: Any = None) -> Array:
+  """Stride-1 'VALID' convolution as im2col by slicing + one matmul.
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [kh, kw, Cin, Cout].
+    precision: passed to the matmul.
+
+  Returns:
+    [B, H - kh + 1, W - kw + 1, Cout].
+  """
+  kh, kw, cin, cout = kernel.shape
+  _, h, w, _ = x.shape
+  out_h, out_w = h - kh + 1, w - kw + 1
+  if kh == h and kw == w:
+    # The window covers the whole input (e.g. a final 4x4 'VALID' conv to a
+    # score): a plain flatten is the im2col.
+    patches = x.reshape(x.shape[0], 1, 1, kh * kw * cin)
+  elif kh * kw == 1:
+    patches = x
+  else:
+    # Tap order (i, j) row-major with Cin innermost = kernel.reshape order.
+    patches = jnp.concatenate(
+        [x[:, i:i + out_h, j:j + out_w, :]
+         for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout),
+                 precision=precision)
+
+
+def _blocked_kernel(kernel: Array, strides: Sequence[int]) -> Array:
+  """Rearranges a strided conv kernel for the space-to-depth input.
+
+  Tap (i, j) of the stride-(sh, sw) kernel becomes tap (i // sh, j // sw),
+  channel block (i % sh, j % sw) of a stride-1 kernel; taps past the end of a
+  kernel whose size is not a multiple of the stride are zero.
+
+  Args:
+    kernel: [kh, kw, Cin, Cout].
+    strides: (sh, sw).
+
+  Returns:
+    [ceil(kh / sh), ceil(kw / sw), sh * sw * Cin, Cout].
+  """
+  sh, sw = strides
+  if (sh, sw) == (1, 1):
+    return kernel
+  kh, kw, cin, cout = kernel.shape
+  bh, bw = math.ceil(kh / sh), math.ceil(kw / sw)
+  kernel = jnp.pad(kernel, ((0, bh * sh - kh), (0, bw * sw - kw), (0, 0),
+                            (0, 0)))
+  kernel = kernel.reshape(bh, sh, bw, sw, cin, cout)
+  kernel = kernel.transpose(0, 2, 1, 3, 4, 5)
+  return kernel.reshape(bh, bw, sh * sw * cin, cout)
+
+
+def conv2d_fast(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                padding: PaddingLike = 'SAME', precision: Any = None) -> Array:
+  """Same function as `lax.conv_general_dilated` (NHWC, HWIO), by slices.
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [kh, kw, Cin, Cout].
+    strides: (sh, sw).
+    padding: as `explicit_padding` accepts.
+    precision: passed to the matmul.
+
+  Returns:
+    [B, Ho, Wo, Cout] with Ho = (H + pad_h - kh) // sh + 1, likewise Wo.
+  """
+  kh, kw, _, _ = kernel.shape
+  sh, sw = strides
+  _, h, w, _ = x.shape
+  (lo_h, hi_h), (lo_w, hi_w) = explicit_padding(padding, (h, w), (kh, kw),
+                                                strides)
+  out_h = (h + lo_h + hi_h - kh) // sh + 1
+  out_w = (w + lo_w + hi_w - kw) // sw + 1
+  if out_h < 1 or out_w < 1:
+    raise ValueError(
+        f'Convolution of a {h}x{w} input with a {kh}x{kw} kernel, strides '
+        f'{tuple(strides)} and padding {padding!r} has no output pixels.')
+  # After space-to-depth, a stride-1 conv with ceil(k/s) taps must see
+  # out + taps - 1 blocks: pad (or crop: lax.pad takes negative widths) the
+  # high side to exactly that many pixels. Cropped pixels feed no output.
+  blocks_h, blocks_w = math.ceil(kh / sh), math.ceil(kw / sw)
+  need_h = sh * (out_h + blocks_h - 1)
+  need_w = sw * (out_w + blocks_w - 1)
+  x = lax.pad(x, jnp.zeros((), x.dtype),
+              ((0, 0, 0), (lo_h, need_h - h - lo_h, 0),
+               (lo_w, need_w - w - lo_w, 0), (0, 0, 0)))
+  x = space_to_depth(x, (sh, sw))
+  return valid_conv_by_slices(x, _blocked_kernel(kernel, (sh, sw)),
+                              precision=precision)
+
+
+def conv2d_xla(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+               padding: PaddingLike = 'SAME', precision: Any = None) -> Array:
+  """The reference: `lax.conv_general_dilated`, NHWC input, HWIO kernel."""
+  kh, kw, _, _ = kernel.shape
+  pads = explicit_padding(padding, x.shape[1:3], (kh, kw), strides)
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=tuple(strides), padding=pads,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+
+
+def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+           padding: PaddingLike = 'SAME', impl: str = 'fast',
+           precision: Any = None) -> Array:
+  """`conv2d_fast` or `conv2d_xla`, by `impl`."""
+  check_impl(impl)
+  fn = conv2d_fast if impl == 'fast' else conv2d_xla
+  return fn(x, kernel, strides, padding, precision)
+
+
+class Conv(nn.Module):
+  """2-D convolution, parameters laid out as flax `nn.Conv`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: (kh, kw).
+    strides: (sh, sw).
+    padding: 'SAME', 'VALID', an int, or (low, high) pairs per dimension.
+    use_bias: whether to add a bias.
+    impl: 'fast' (slices + matmul, for XLA:CPU) or 'xla'
+      (`lax.conv_general_dilated`); same function and parameters.
+    dtype: compute dtype (None: from the inputs and parameters).
+    param_dtype: parameter dtype.
+    precision: matmul/convolution precision.
+    kernel_init: initializer of `kernel` [kh, kw, Cin, Cout].
+    bias_init: initializer of `bias` [Cout].
+  """
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Sequence[int] = (1, 1)
+  padding: PaddingLike = 'SAME'
+  use_bias: bool = True
+  impl: str = 'fast'
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Any = _DEFAULT_KERNEL_INIT
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """[B, H, W, Cin] -> [B, Ho, Wo, features]."""
+    check_impl(self.impl)
+    kh, kw = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init,
+                        (kh, kw, x.shape[-1], self.features), self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    y = conv2d(x, kernel, self.strides, self.padding, self.impl,
+               self.precision)
+    if bias is not None:
+      y = y + bias
+    return y

@@ -1,0 +1,142 @@
+"""DCGAN generator and discriminator (Radford et al. 2016), any 32..256.
+
+At 64x64 with widths 64 these are exactly the models of
+shared/bench/torch_wgan_gp_reference.py (and of the WGAN-GP paper's DCGAN
+runs):
+
+  G: z -> 4x4x512 -> 8x8x256 -> 16x16x128 -> 32x32x64 -> 64x64x3, batch norm
+     + ReLU in the hidden blocks, tanh at the end.
+  D: 64x64x3 -> 32x32x64 -> 16x16x128 -> 8x8x256 -> 4x4x512 (4x4 stride-2
+     pad-1 convs, LeakyReLU 0.2) -> 4x4 'VALID' conv -> one score.
+
+Other resolutions add or drop 2x blocks at the high-resolution end. Channel
+counts double per block away from the image and stop at 8 * width (512 at
+width 64), so 256x256 models stay at 1.5-2x the 64x64 parameter count
+instead of 16x.
+
+Mapping from the PyTorch reference: G's first layer, ConvTranspose2d(Z, C,
+4, 1, 0) on a 1x1 input, is a dense layer: torch weight w [Z, C, 4, 4] is
+Dense kernel w.transpose(0, 2, 3, 1).reshape(Z, 16 * C). The stride-2 up
+convs map as `upsample.py` explains; Conv2d weight [Cout, Cin, kh, kw] is
+kernel w.transpose(2, 3, 1, 0).
+
+Initialization is the DCGAN paper's N(0, 0.02) for every kernel.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from facegan_jax.models import conv as conv_lib
+from facegan_jax.models import normalization
+from facegan_jax.models import upsample
+
+Array = jax.Array
+
+_KERNEL_INIT = nn.initializers.normal(0.02)
+# Channels stop doubling at this multiple of the width (8: 64 -> 512).
+MAX_WIDTH_MULTIPLIER = 8
+
+
+def num_blocks(resolution: int) -> int:
+  """Number of 2x resampling blocks between 4x4 and resolution."""
+  return int(math.log2(resolution)) - 2
+
+
+def generator_channels(resolution: int, width: int) -> list[int]:
+  """Channels at 4x4, 8x8, ..., resolution/2: [512, 256, 128, 64] at 64."""
+  n = num_blocks(resolution)
+  return [width * min(2 ** (n - 1 - i), MAX_WIDTH_MULTIPLIER)
+          for i in range(n)]
+
+
+def discriminator_channels(resolution: int, width: int) -> list[int]:
+  """Channels at resolution/2, ..., 4x4: [64, 128, 256, 512] at 64."""
+  return [width * min(2 ** i, MAX_WIDTH_MULTIPLIER)
+          for i in range(num_blocks(resolution))]
+
+
+class DCGANGenerator(nn.Module):
+  """z [B, latent_dim] -> images [B, R, R, 3] float32 in [-1, 1].
+
+  Attributes:
+    resolution: R, a power of two >= 8.
+    width: channels of the last hidden block (at R/2).
+    norm: 'batch' or 'none' (then every layer has a bias).
+    conv_impl: 'fast' or 'xla' (see upsample.ConvTranspose).
+    dtype: compute dtype; parameters stay float32.
+  """
+  resolution: int = 64
+  width: int = 64
+  norm: str = 'batch'
+  conv_impl: str = 'fast'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: Array, *, train: bool) -> Array:
+    """Generates images; `train` selects batch statistics (see normalize)."""
+    channels = generator_channels(self.resolution, self.width)
+    # A bias right before batch norm is cancelled by its mean subtraction.
+    use_bias = self.norm == 'none'
+    x = nn.Dense(16 * channels[0], use_bias=use_bias, dtype=self.dtype,
+                 kernel_init=_KERNEL_INIT, name='project')(z)
+    x = x.reshape(z.shape[0], 4, 4, channels[0])
+    x = nn.relu(normalization.normalize(x, self.norm, train, self.dtype,
+                                        name='project_norm'))
+    for i, features in enumerate(channels[1:]):
+      x = upsample.ConvTranspose(features, (4, 4), (2, 2), use_bias=use_bias,
+                                 impl=self.conv_impl, dtype=self.dtype,
+                                 kernel_init=_KERNEL_INIT, name=f'up_{i}')(x)
+      x = nn.relu(normalization.normalize(x, self.norm, train, self.dtype,
+                                          name=f'up_{i}_norm'))
+    x = upsample.ConvTranspose(3, (4, 4), (2, 2), impl=self.conv_impl,
+                               dtype=self.dtype, kernel_init=_KERNEL_INIT,
+                               name='to_rgb')(x)
+    return jnp.tanh(x.astype(jnp.float32))
+
+
+class DCGANDiscriminator(nn.Module):
+  """images [B, R, R, 3] -> scores [B] float32 (logits / critic values).
+
+  Attributes:
+    resolution: R, a power of two >= 8.
+    width: channels of the first block (at R/2).
+    norm: 'none', 'layer' or 'batch', applied after every conv but the
+      first (as DCGAN does; the image-level block keeps its raw statistics).
+    spectral_norm: spectral normalization of every conv.
+    conv_impl: 'fast' or 'xla' (see conv.Conv).
+    dtype: compute dtype; parameters stay float32.
+  """
+  resolution: int = 64
+  width: int = 64
+  norm: str = 'none'
+  spectral_norm: bool = False
+  conv_impl: str = 'fast'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    """Scores images; `train` updates spectral-norm / batch-norm state."""
+    x = x.astype(self.dtype)
+    for i, features in enumerate(
+        discriminator_channels(self.resolution, self.width)):
+      normalized = i > 0 and self.norm != 'none'
+      layer = conv_lib.Conv(features, (4, 4), (2, 2), ((1, 1), (1, 1)),
+                            use_bias=not normalized, impl=self.conv_impl,
+                            dtype=self.dtype, kernel_init=_KERNEL_INIT,
+                            name=f'down_{i}')
+      x = normalization.apply_layer(layer, x, self.spectral_norm, train,
+                                    name=f'down_{i}_sn')
+      if normalized:
+        x = normalization.normalize(x, self.norm, train, self.dtype,
+                                    name=f'down_{i}_norm')
+      x = nn.leaky_relu(x, 0.2)
+    layer = conv_lib.Conv(1, (4, 4), padding='VALID', impl=self.conv_impl,
+                          dtype=self.dtype, kernel_init=_KERNEL_INIT,
+                          name='score')
+    x = normalization.apply_layer(layer, x, self.spectral_norm, train,
+                                  name='score_sn')
+    return x.reshape(x.shape[0]).astype(jnp.float32)

@@ -1,0 +1,143 @@
+"""Builds generators and discriminators from the `model` config section.
+
+See configs/default.py for the keys. `validate_model_config` checks them
+before anything is traced, so a bad name fails in milliseconds with the
+valid choices instead of deep inside a jit.
+"""
+
+import math
+import numbers
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from facegan_jax.models import conv as conv_lib
+from facegan_jax.models import dcgan
+from facegan_jax.models import normalization
+from facegan_jax.models import resnet
+from facegan_jax.models import small_cnn
+
+GENERATORS = ('dcgan', 'resnet')
+DISCRIMINATORS = ('dcgan', 'resnet', 'small_cnn')
+G_NORMS = normalization.G_NORMS
+D_NORMS = normalization.D_NORMS
+CONV_IMPLS = ('auto',) + conv_lib.IMPLS
+MIN_RESOLUTION, MAX_RESOLUTION = 32, 256
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(
+        f'{key}={value!r} is not valid; valid choices: {", ".join(choices)}.')
+
+
+def validate_model_config(model_config: Any, resolution: int) -> None:
+  """Raises ValueError naming the key if the model config cannot be built.
+
+  Args:
+    model_config: the config's `model` section (ml_collections.ConfigDict or
+      anything with the same attributes).
+    resolution: image side in pixels (config.dataset.resolution).
+  """
+  _check_choice('model.generator', model_config.generator, GENERATORS)
+  _check_choice('model.discriminator', model_config.discriminator,
+                DISCRIMINATORS)
+  _check_choice('model.g_norm', model_config.g_norm, G_NORMS)
+  _check_choice('model.d_norm', model_config.d_norm, D_NORMS)
+  _check_choice('model.conv_impl', model_config.conv_impl, CONV_IMPLS)
+  if not isinstance(model_config.spectral_norm, bool):
+    raise ValueError(f'model.spectral_norm={model_config.spectral_norm!r} '
+                     'must be True or False.')
+  for key in ('latent_dim', 'g_width', 'd_width'):
+    value = getattr(model_config, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'model.{key}={value!r} must be a positive integer.')
+  valid_resolutions = [2 ** i for i in range(
+      int(math.log2(MIN_RESOLUTION)), int(math.log2(MAX_RESOLUTION)) + 1)]
+  if (isinstance(resolution, bool) or
+      not isinstance(resolution, numbers.Integral) or
+      resolution not in valid_resolutions):
+    raise ValueError(
+        f'dataset.resolution={resolution!r} is not supported; valid choices: '
+        f'{", ".join(map(str, valid_resolutions))}.')
+  for key in ('generator', 'discriminator'):
+    if (getattr(model_config, key) == 'resnet' and
+        resolution < resnet.MIN_RESOLUTION):
+      raise ValueError(
+          f"model.{key}='resnet' needs dataset.resolution >= "
+          f'{resnet.MIN_RESOLUTION} (the WGAN-GP paper\'s 64x64 ResNet), got '
+          f"{resolution}; use 'dcgan' at this resolution.")
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+  """'auto' -> 'fast' on the CPU backend, 'xla' on GPU/TPU (fast already)."""
+  _check_choice('model.conv_impl', conv_impl, CONV_IMPLS)
+  if conv_impl == 'auto':
+    return 'fast' if jax.default_backend() == 'cpu' else 'xla'
+  return conv_impl
+
+
+def _compute_dtype(dtype: Any) -> Any:
+  try:
+    dtype = jnp.dtype(dtype)
+  except TypeError:
+    dtype = None
+  if dtype is None or dtype.name not in COMPUTE_DTYPES:
+    raise ValueError(
+        f'dtype={dtype!r} is not a compute dtype; valid choices: '
+        f'{", ".join(COMPUTE_DTYPES)}.')
+  return dtype
+
+
+def create_generator(model_config: Any, resolution: int,
+                     dtype: Any = jnp.float32) -> nn.Module:
+  """The configured generator: z [B, latent_dim] -> images [B, R, R, 3].
+
+  `module.apply(variables, z, train=...)` returns float32 images in [-1, 1].
+  Variables: 'params', plus 'batch_stats' iff g_norm == 'batch' (train=True
+  normalizes with batch statistics and needs mutable=['batch_stats'];
+  train=False uses the running averages).
+
+  Args:
+    model_config: the config's `model` section.
+    resolution: image side, a power of two in 32..256.
+    dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+  """
+  validate_model_config(model_config, resolution)
+  kwargs = dict(resolution=resolution, width=model_config.g_width,
+                norm=model_config.g_norm,
+                conv_impl=resolve_conv_impl(model_config.conv_impl),
+                dtype=_compute_dtype(dtype))
+  if model_config.generator == 'dcgan':
+    return dcgan.DCGANGenerator(**kwargs)
+  return resnet.ResNetGenerator(**kwargs)
+
+
+def create_discriminator(model_config: Any, resolution: int,
+                         dtype: Any = jnp.float32) -> nn.Module:
+  """The configured discriminator: images [B, R, R, 3] -> scores [B].
+
+  `module.apply(variables, x, train=...)` returns float32 raw scores.
+  Variables: 'params', plus 'batch_stats' iff spectral_norm (power-iteration
+  state) or d_norm == 'batch'. train=True updates that state (needs
+  mutable=['batch_stats']); train=False is a pure, twice-differentiable
+  function of x and the parameters.
+
+  Args:
+    model_config: the config's `model` section.
+    resolution: image side, a power of two in 32..256.
+    dtype: compute dtype (float32 or bfloat16); parameters stay float32.
+  """
+  validate_model_config(model_config, resolution)
+  kwargs = dict(width=model_config.d_width, norm=model_config.d_norm,
+                spectral_norm=model_config.spectral_norm,
+                conv_impl=resolve_conv_impl(model_config.conv_impl),
+                dtype=_compute_dtype(dtype))
+  if model_config.discriminator == 'dcgan':
+    return dcgan.DCGANDiscriminator(resolution=resolution, **kwargs)
+  if model_config.discriminator == 'resnet':
+    return resnet.ResNetDiscriminator(resolution=resolution, **kwargs)
+  return small_cnn.SmallCNNDiscriminator(**kwargs)

@@ -1,0 +1,341 @@
+"""Generators and discriminators: shapes, ranges, state, fast == xla, errors.
+
+Tiny widths and batches; every model computation runs inside one compiled
+function per test (op-by-op execution compiles each primitive separately
+and is slower on this CPU). 128 and 256 are checked with jax.eval_shape.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from facegan_jax import models
+from facegan_jax.models import dcgan
+
+_jit = functools.partial(
+    jax.jit, compiler_options={'xla_backend_optimization_level': 0})
+
+BATCH = 2
+LATENT = 8
+
+
+def _config(**overrides) -> ml_collections.ConfigDict:
+  """The `model` section with tiny widths (keys as in configs/default.py)."""
+  keys = dict(
+      generator='dcgan', discriminator='dcgan', latent_dim=LATENT,
+      g_width=2, d_width=2, g_norm='batch', d_norm='none',
+      spectral_norm=False, conv_impl='fast')
+  return ml_collections.ConfigDict({**keys, **overrides})
+
+
+def _z(seed=0, batch=BATCH):
+  return jax.random.normal(jax.random.key(seed), (batch, LATENT))
+
+
+def _images(resolution, seed=1, batch=BATCH):
+  return jax.random.uniform(jax.random.key(seed),
+                            (batch, resolution, resolution, 3), minval=-1,
+                            maxval=1)
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda a: tuple(a.shape), tree)
+
+
+def _assert_images(images, resolution):
+  assert images.shape == (BATCH, resolution, resolution, 3)
+  assert images.dtype == jnp.float32
+  assert bool(jnp.all(jnp.abs(images) <= 1.0))
+  assert float(jnp.std(images)) > 0  # Not a constant image.
+
+
+# The ResNet generator at 64 is checked the same way in the fast == xla test.
+@pytest.mark.parametrize('name,resolution', [('dcgan', 32), ('dcgan', 64)])
+def test_generator_images_in_range(name, resolution):
+  generator = models.create_generator(_config(generator=name), resolution)
+
+  @_jit
+  def run(z):
+    variables = generator.init(jax.random.key(0), z, train=False)
+    images, _ = generator.apply(variables, z, train=True,
+                                mutable=['batch_stats'])
+    return images, generator.apply(variables, z, train=False)
+
+  for images in run(_z()):
+    _assert_images(images, resolution)
+
+
+@pytest.mark.parametrize('name,resolution', [
+    ('dcgan', 32), ('dcgan', 64), ('resnet', 64), ('small_cnn', 32)])
+def test_discriminator_scores_shape(name, resolution):
+  discriminator = models.create_discriminator(
+      _config(discriminator=name), resolution)
+
+  @_jit
+  def run(x):
+    variables = discriminator.init(jax.random.key(0), x, train=False)
+    return variables, discriminator.apply(variables, x, train=False)
+
+  variables, scores = run(_images(resolution))
+  assert set(variables) == {'params'}  # No norm, no spectral norm.
+  assert scores.shape == (BATCH,)
+  assert scores.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(scores)))
+  assert float(scores[0]) != float(scores[1])
+
+
+@pytest.mark.parametrize('resolution', [128, 256])
+@pytest.mark.parametrize('generator,discriminator', [
+    ('dcgan', 'dcgan'), ('resnet', 'resnet'), ('dcgan', 'small_cnn')])
+def test_large_resolutions_shapes(resolution, generator, discriminator):
+  config = _config(generator=generator, discriminator=discriminator)
+  g = models.create_generator(config, resolution)
+  d = models.create_discriminator(config, resolution)
+  images, _ = jax.eval_shape(
+      functools.partial(g.init_with_output, train=False), jax.random.key(0),
+      _z())
+  assert images.shape == (BATCH, resolution, resolution, 3)
+  scores, _ = jax.eval_shape(
+      functools.partial(d.init_with_output, train=False), jax.random.key(0),
+      images)
+  assert scores.shape == (BATCH,)
+
+
+def test_dcgan64_matches_the_pytorch_reference_architecture():
+  # shared/bench/torch_wgan_gp_reference.py: G 512-256-128-64 channels, D
+  # 64-128-256-512, 4x4 kernels; no biases before batch norm.
+  config = _config(latent_dim=128, g_width=64, d_width=64)
+  g = models.create_generator(config, 64)
+  d = models.create_discriminator(config, 64)
+  g_vars = jax.eval_shape(functools.partial(g.init, train=False),
+                          jax.random.key(0), jnp.zeros((1, 128)))
+  d_vars = jax.eval_shape(functools.partial(d.init, train=False),
+                          jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  g_params = _shapes(g_vars['params'])
+  assert g_params['project'] == {'kernel': (128, 4 * 4 * 512)}
+  assert g_params['up_0'] == {'kernel': (4, 4, 512, 256)}
+  assert g_params['up_1'] == {'kernel': (4, 4, 256, 128)}
+  assert g_params['up_2'] == {'kernel': (4, 4, 128, 64)}
+  assert g_params['to_rgb'] == {'kernel': (4, 4, 64, 3), 'bias': (3,)}
+  d_params = _shapes(d_vars['params'])
+  for i, (cin, cout) in enumerate([(3, 64), (64, 128), (128, 256),
+                                   (256, 512)]):
+    assert d_params[f'down_{i}'] == {'kernel': (4, 4, cin, cout),
+                                     'bias': (cout,)}
+  assert d_params['score'] == {'kernel': (4, 4, 512, 1), 'bias': (1,)}
+  # Parameter counts of the PyTorch modules (BatchNorm affine included).
+  count = lambda tree: sum(np.prod(a.shape) for a in jax.tree.leaves(tree))
+  assert count(g_vars['params']) == 3_806_083
+  assert count(d_vars['params']) == 2_764_737
+
+
+def test_channel_cap_keeps_large_models_bounded():
+  assert dcgan.generator_channels(64, 64) == [512, 256, 128, 64]
+  assert dcgan.generator_channels(256, 64) == [512, 512, 512, 256, 128, 64]
+  assert dcgan.discriminator_channels(256, 64) == [
+      64, 128, 256, 512, 512, 512]
+
+
+@pytest.mark.parametrize('generator,discriminator,resolution', [
+    ('dcgan', 'dcgan', 32), ('resnet', 'resnet', 64),
+    ('dcgan', 'small_cnn', 32)])
+def test_fast_and_xla_models_compute_the_same_function(generator,
+                                                       discriminator,
+                                                       resolution):
+  """Same parameters, same outputs: checkpoints move between backends."""
+  kwargs = dict(generator=generator, discriminator=discriminator,
+                g_width=3, d_width=3, d_norm='layer')
+  fast = _config(conv_impl='fast', **kwargs)
+  xla = _config(conv_impl='xla', **kwargs)
+
+  @_jit
+  def run(z):
+    outputs = []
+    g_vars = None
+    for config in (fast, xla):
+      g = models.create_generator(config, resolution)
+      d = models.create_discriminator(config, resolution)
+      if g_vars is None:
+        g_vars = g.init(jax.random.key(0), z, train=False)
+        d_vars = d.init(jax.random.key(1), _images(resolution), train=False)
+      images, _ = g.apply(g_vars, z, train=True, mutable=['batch_stats'])
+      critic = lambda x, d=d: d.apply(d_vars, x, train=False).sum()
+      outputs.append((images, d.apply(d_vars, images, train=False),
+                      jax.grad(critic)(images)))
+    return outputs
+
+  (fast_images, fast_scores, fast_grad), (xla_images, xla_scores,
+                                          xla_grad) = run(_z())
+  _assert_images(fast_images, resolution)
+  assert fast_scores.shape == (BATCH,) and fast_scores.dtype == jnp.float32
+  np.testing.assert_allclose(fast_images, xla_images, atol=1e-5)
+  np.testing.assert_allclose(fast_scores, xla_scores, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(fast_grad, xla_grad, rtol=1e-4,
+                             atol=1e-4 * float(jnp.max(jnp.abs(xla_grad))))
+
+
+@pytest.mark.parametrize('name,resolution', [
+    ('dcgan', 32), ('resnet', 64), ('small_cnn', 32)])
+def test_spectral_norm_state_and_scale_invariance(name, resolution):
+  discriminator = models.create_discriminator(
+      _config(discriminator=name, spectral_norm=True), resolution)
+  x = _images(resolution)
+
+  @_jit
+  def run(x):
+    variables = discriminator.init(jax.random.key(0), x, train=False)
+    trained, state = discriminator.apply(variables, x, train=True,
+                                         mutable=['batch_stats'])
+    # Every conv/dense kernel x10: from the same stored u, the power
+    # iteration finds the same singular vectors and a 10x sigma, so the
+    # scores stay the same only if every layer is normalized. train=False
+    # runs without mutable=: flax would raise if it tried to store anything.
+    scaled_params = jax.tree_util.tree_map_with_path(
+        lambda path, p: p * 10 if path[-1].key == 'kernel' else p,
+        variables['params'])
+    scaled = discriminator.apply(
+        {**variables, 'params': scaled_params}, x, train=False)
+    return variables, state, trained, scaled
+
+  variables, state, trained, scaled = run(x)
+  assert 'batch_stats' in variables
+  # train=True stores the new power-iteration vector u of every layer (not
+  # necessarily sigma: LeCun-initialized kernels have sigma close to 1.0).
+  old_u, new_u = [
+      {path: leaf for path, leaf in jax.tree_util.tree_leaves_with_path(
+          tree['batch_stats']) if path[-1].key.endswith('/u')}
+      for tree in (variables, state)]
+  assert len(old_u) >= 3
+  for path, u in old_u.items():
+    assert bool(jnp.any(u != new_u[path])), path
+  # Both modes normalize with the estimate from the stored u.
+  np.testing.assert_allclose(scaled, trained, rtol=1e-4, atol=1e-7)
+  assert float(jnp.max(jnp.abs(trained))) > 1e-5
+
+
+def test_generator_batch_norm_state():
+  generator = models.create_generator(_config(), 32)
+  z = _z(batch=4)
+
+  @_jit
+  def run(z):
+    variables = generator.init(jax.random.key(0), z, train=False)
+    train_all, state = generator.apply(variables, z, train=True,
+                                       mutable=['batch_stats'])
+    train_half, _ = generator.apply(variables, z[:2], train=True,
+                                    mutable=['batch_stats'])
+    eval_all = generator.apply(variables, z, train=False)
+    eval_half = generator.apply(variables, z[:2], train=False)
+    return (variables, state, train_all, train_half, eval_all, eval_half)
+
+  variables, state, train_all, train_half, eval_all, eval_half = run(z)
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                         variables['batch_stats'], state['batch_stats'])
+  assert all(jax.tree.leaves(changed))  # Every running average moved.
+  # train=True normalizes with the batch's statistics: the batch matters.
+  assert not np.allclose(train_all[:2], train_half, atol=1e-4)
+  # train=False uses the running averages: each image on its own.
+  np.testing.assert_allclose(eval_all[:2], eval_half, atol=1e-6)
+
+
+@pytest.mark.parametrize('g_norm,d_norm,spectral_norm,g_cols,d_cols', [
+    ('batch', 'none', False, {'params', 'batch_stats'}, {'params'}),
+    ('none', 'layer', False, {'params'}, {'params'}),
+    ('none', 'batch', False, {'params'}, {'params', 'batch_stats'}),
+    ('none', 'none', True, {'params'}, {'params', 'batch_stats'}),
+])
+def test_variable_collections(g_norm, d_norm, spectral_norm, g_cols, d_cols):
+  config = _config(g_norm=g_norm, d_norm=d_norm, spectral_norm=spectral_norm)
+  g = models.create_generator(config, 32)
+  d = models.create_discriminator(config, 32)
+  g_vars = jax.eval_shape(functools.partial(g.init, train=False),
+                          jax.random.key(0), _z())
+  d_vars = jax.eval_shape(functools.partial(d.init, train=False),
+                          jax.random.key(0), _images(32))
+  assert set(g_vars) == g_cols
+  assert set(d_vars) == d_cols
+
+
+def test_layer_norm_critic_scores_each_example_independently():
+  # Needed by the per-example gradient penalty; batch norm would couple them.
+  discriminator = models.create_discriminator(_config(d_norm='layer'), 32)
+  x = _images(32, batch=3)
+
+  @_jit
+  def run(x):
+    variables = discriminator.init(jax.random.key(0), x, train=False)
+    return (discriminator.apply(variables, x, train=False),
+            discriminator.apply(variables, x[:1], train=False))
+
+  scores_all, scores_one = run(x)
+  np.testing.assert_allclose(scores_all[:1], scores_one, rtol=1e-5)
+
+
+def test_bfloat16_models_return_float32_and_keep_float32_params():
+  config = _config()
+  g = models.create_generator(config, 32, dtype=jnp.bfloat16)
+  d = models.create_discriminator(config, 32, dtype='bfloat16')
+
+  @_jit
+  def run(z):
+    g_vars = g.init(jax.random.key(0), z, train=False)
+    images = g.apply(g_vars, z, train=False)
+    d_vars = d.init(jax.random.key(1), images, train=False)
+    return g_vars, d_vars, images, d.apply(d_vars, images, train=False)
+
+  g_vars, d_vars, images, scores = run(_z())
+  for leaf in jax.tree.leaves((g_vars, d_vars)):
+    assert leaf.dtype == jnp.float32
+  assert images.dtype == jnp.float32 and scores.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(scores)))
+
+
+def test_conv_impl_auto_picks_fast_on_cpu():
+  assert jax.default_backend() == 'cpu'
+  assert models.resolve_conv_impl('auto') == 'fast'
+  assert models.resolve_conv_impl('xla') == 'xla'
+  assert models.create_generator(_config(conv_impl='auto'),
+                                 32).conv_impl == 'fast'
+
+
+@pytest.mark.parametrize('overrides,resolution,message', [
+    (dict(generator='stylegan'), 64, r"model.generator='stylegan'.*dcgan, resnet"),
+    (dict(discriminator='vit'), 64,
+     r"model.discriminator='vit'.*dcgan, resnet, small_cnn"),
+    (dict(g_norm='layer'), 64, r"model.g_norm='layer'.*batch, none"),
+    (dict(d_norm='group'), 64, r"model.d_norm='group'.*none, layer, batch"),
+    (dict(conv_impl='cudnn'), 64, r"model.conv_impl='cudnn'.*auto, fast, xla"),
+    (dict(g_width=0), 64, r'model.g_width=0 must be a positive integer'),
+    (dict(d_width=-1), 64, r'model.d_width=-1'),
+    (dict(latent_dim=2.5), 64, r'model.latent_dim=2.5'),
+    (dict(spectral_norm='yes'), 64, r"model.spectral_norm='yes'"),
+    ({}, 48, r'dataset.resolution=48 .*32, 64, 128, 256'),
+    ({}, 512, r'dataset.resolution=512'),
+    ({}, 16, r'dataset.resolution=16'),
+    (dict(generator='resnet'), 32, r"model.generator='resnet' needs .*>= 64"),
+    (dict(discriminator='resnet'), 32, r"model.discriminator='resnet' needs"),
+])
+def test_validate_model_config_errors(overrides, resolution, message):
+  config = _config(**overrides)
+  with pytest.raises(ValueError, match=message):
+    models.validate_model_config(config, resolution)
+  with pytest.raises(ValueError, match=message):
+    models.create_generator(config, resolution)
+  with pytest.raises(ValueError, match=message):
+    models.create_discriminator(config, resolution)
+
+
+def test_validate_accepts_the_default_config_and_names_are_exported():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  models.validate_model_config(config.model, config.dataset.resolution)
+  assert config.model.generator in models.GENERATORS
+  assert config.model.discriminator in models.DISCRIMINATORS
+  assert models.GENERATORS == ('dcgan', 'resnet')
+  assert models.DISCRIMINATORS == ('dcgan', 'resnet', 'small_cnn')
+  with pytest.raises(ValueError, match=r'dtype.*float32, bfloat16'):
+    models.create_generator(config.model, 64, dtype=jnp.int32)
