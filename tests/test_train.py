@@ -106,3 +106,24 @@ def test_init_from_takes_weights_and_starts_fresh(four_steps, tmp_path):
   bad = _config(init_from=str(tmp_path / 'missing'))
   with pytest.raises(ValueError, match='init_from'):
     train.train_and_evaluate(bad, str(tmp_path / 'other'))
+
+
+CELEBA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), '..', 'shared', 'data', 'celeba_10k')
+
+
+@pytest.mark.skipif(not os.path.isdir(CELEBA),
+                    reason='../shared/data/celeba_10k is absent (dev data)')
+def test_trains_on_prepared_celeba_faces(tmp_path):
+  from input_pipeline import prepare  # pylint: disable=g-import-not-at-top
+  subset = tmp_path / 'src'
+  subset.mkdir()
+  for name in sorted(f for f in os.listdir(CELEBA) if f.endswith('.jpg'))[:64]:
+    os.symlink(os.path.join(CELEBA, name), subset / name)
+  manifest = prepare.prepare(str(subset), str(tmp_path / 'celeba32'), 32,
+                             crop='celeba', progress=False)
+  assert manifest['written'] == 64
+  config = _config(num_train_steps=2, **{
+      'dataset.source': 'folder', 'dataset.path': str(tmp_path / 'celeba32')})
+  state = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert int(state.step) == 2
