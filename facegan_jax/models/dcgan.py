@@ -11,8 +11,8 @@ runs):
 
 Other resolutions add or drop 2x blocks at the high-resolution end. Channel
 counts double per block away from the image and stop at 8 * width (512 at
-width 64), so 256x256 models stay at 1.5-2x the 64x64 parameter count
-instead of 16x.
+width 64): at 256x256 the generator has 12.2M parameters (3.8M at 64x64)
+instead of the 49M that doubling all the way would give.
 
 Mapping from the PyTorch reference: G's first layer, ConvTranspose2d(Z, C,
 4, 1, 0) on a 1x1 input, is a dense layer: torch weight w [Z, C, 4, 4] is

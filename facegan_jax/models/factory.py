@@ -25,7 +25,7 @@ G_NORMS = normalization.G_NORMS
 D_NORMS = normalization.D_NORMS
 CONV_IMPLS = ('auto',) + conv_lib.IMPLS
 MIN_RESOLUTION, MAX_RESOLUTION = 32, 256
-COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
