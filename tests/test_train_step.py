@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -111,3 +112,19 @@ def test_one_and_four_devices_agree(tmp_path):
   for key in one:
     np.testing.assert_allclose(four[key], one[key], rtol=2e-4, atol=2e-5,
                                err_msg=key)
+
+
+def test_bfloat16_computes_in_bf16_and_keeps_float32_state():
+  config = tiny_config(dtype='bfloat16', n_critic=1)
+  program, state, mesh = _build(config)
+  images = _batches(config, 1, mesh)[0]
+  hlo = program.step.lower(state, images).as_text()
+  assert 'bf16' in hlo  # the models really compute in bfloat16
+  state, metrics = program.step(state, images)
+  for leaf in jax.tree_util.tree_leaves((state.g_params, state.d_params,
+                                         state.g_opt_state, state.d_opt_state,
+                                         state.ema_params)):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float32
+  metrics = jax.device_get(metrics)
+  assert all(v.dtype == np.float32 and np.isfinite(v) for v in metrics.values())
