@@ -132,7 +132,7 @@ def apply_args(config: ml_collections.ConfigDict,
     # A first look on a laptop CPU: narrow models, short run, frequent output.
     config.model.g_width = 16
     config.model.d_width = 16
-    config.num_train_steps = 300
+    config.num_train_steps = 1000
     config.log_every = 25
     config.sample_every = 100
     config.checkpoint_every = 100
