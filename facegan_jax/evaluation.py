@@ -1,0 +1,579 @@
+"""Scoring a generator: samples, reference statistics, FID & co., provenance.
+
+  program = train_step.build_program(config, mesh)
+  extractor = metrics.feature_extractor(mesh)
+  reference = dataset_reference(config, extractor, num_images=10_000)
+  result = evaluate_state(config, program, state, extractor, reference,
+                          num_samples=10_000, metrics=('fid', 'kid'))
+
+`TrainingEvaluator` does this every `config.eval_every` steps inside the
+training loop; `restore_run` loads a run's config and state for the
+command-line tool (`python -m facegan_jax.evaluate`).
+
+Scores are repeatable: sample i always comes from the latent vector
+normal(fold_in(PRNGKey(seed), i)), whatever the batch size or the number of
+devices, and the reference images are the first N of a fixed-seed, un-augmented
+stream of the dataset. TensorFlow is imported only when reference images must
+be read (through `input_pipeline`), never on a reference-statistics cache hit
+for the 'procedural' and 'folder' sources.
+"""
+
+from collections.abc import Iterator, Sequence
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from configs import default as default_config
+from facegan_jax import checkpointing
+from facegan_jax import metrics as metrics_lib
+from facegan_jax import partitioning
+from facegan_jax import train_step as train_step_lib
+from facegan_jax.metrics import inception
+
+# Latents of evaluation samples: one stream for every run, so two runs (or two
+# steps of one run) are scored on the same latent vectors.
+EVAL_SEED = 0
+# Data order of the reference images (a subset when N < the dataset's size).
+REFERENCE_SEED = 0
+SCORE_KEYS = ('fid', 'kid_mean', 'kid_std', 'is_mean', 'is_std', 'precision',
+              'recall', 'num_real', 'num_fake')
+# Names accepted on the command line and in config.eval_metrics -> the names
+# of metrics.compute_all; which result keys each one fills.
+METRIC_NAMES = {'fid': 'fid', 'kid': 'kid', 'is': 'is', 'pr': 'precision_recall',
+                'precision_recall': 'precision_recall'}
+METRIC_KEYS = {'fid': ('fid',), 'kid': ('kid_mean', 'kid_std'),
+               'is': ('is_mean', 'is_std'),
+               'precision_recall': ('precision', 'recall')}
+
+# Evaluation keys the training loop reads, with their defaults. Until
+# configs/default.py defines them, a config without them gets these values;
+# this is the one place that falls back (see `eval_option`).
+EVAL_OPTION_DEFAULTS = {
+    'eval_metrics': 'fid',
+    'eval_batch_size': 64,
+    'eval_reference_images': 50_000,
+    'eval_weights': '',
+    'eval_cache_dir': '',
+}
+
+
+def eval_option(config: ml_collections.ConfigDict, name: str) -> Any:
+  """config.<name>, or its default from EVAL_OPTION_DEFAULTS if undefined."""
+  return config[name] if name in config else EVAL_OPTION_DEFAULTS[name]
+
+
+def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
+  """'fid,kid,is,pr' (or a sequence, or 'all') -> compute_all's names.
+
+  Raises:
+    ValueError: an unknown name; the message lists the valid ones.
+  """
+  names = spec.split(',') if isinstance(spec, str) else list(spec)
+  names = [name.strip().lower() for name in names if name.strip()]
+  if names == ['all']:
+    return metrics_lib.ALL_METRICS
+  unknown = [name for name in names if name not in METRIC_NAMES]
+  if unknown or not names:
+    raise ValueError(f'Unknown metrics {unknown or spec!r}; use a comma-'
+                     'separated subset of fid,kid,is,pr (or all).')
+  return tuple(dict.fromkeys(METRIC_NAMES[name] for name in names))
+
+
+def mesh_of(program: train_step_lib.Program) -> Mesh:
+  """The mesh the program's state lives on."""
+  return jax.tree_util.tree_leaves(program.state_sharding)[0].mesh
+
+
+# --- Generated images ---------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _latents_fn(mesh: Mesh, batch_size: int, latent_dim: int):
+  """Jitted (key, start) -> z [batch_size, latent_dim], replicated on mesh."""
+  def latents(key, start):
+    indices = start + jnp.arange(batch_size)
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i),
+                                                (latent_dim,)))(indices)
+  # Replicated global arrays: valid jit inputs on every process of a pod.
+  return jax.jit(latents, out_shardings=partitioning.replicated(mesh))
+
+
+@jax.jit
+def _to_uint8(images, offset, scale):
+  """Model outputs -> uint8 pixels, quantized as the feature extractor does."""
+  pixels = images.astype(jnp.float32) / scale + offset  # Undo standardize.
+  return inception.to_pixels((pixels - 127.5) / 127.5).astype(jnp.uint8)
+
+
+def _pixel_normalization(dataset_config) -> tuple[float, float]:
+  """(offset, scale): model image = (pixel - offset) * scale, as in training."""
+  if not dataset_config.standardize:
+    return 127.5, 1 / 127.5
+  # Standardized runs generate standardized images; the input pipeline owns
+  # the statistics (this imports TensorFlow).
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  offset, scale = pipeline._normalization(dataset_config)  # pylint: disable=protected-access
+  return np.asarray(offset, np.float32), np.asarray(scale, np.float32)
+
+
+def generate_images(config: ml_collections.ConfigDict,
+                    program: train_step_lib.Program, state: Any,
+                    num_samples: int, batch_size: int, seed: int = EVAL_SEED,
+                    use_ema: bool = True) -> Iterator[np.ndarray]:
+  """This process's share of `num_samples` generated images, batch by batch.
+
+  Sample i comes from z_i = normal(fold_in(PRNGKey(seed), i)), so the set of
+  images does not depend on batch_size or the device or process count. Each
+  global batch is generated on the device (one compilation: every batch has
+  the same size, the last is trimmed on the host); process p keeps its slice.
+
+  Args:
+    config: the run's config (latent size, dataset normalization).
+    program: from `train_step.build_program`.
+    state: a TrainState on the program's shardings.
+    num_samples: images over all processes; a multiple of the process count.
+    batch_size: images generated per call over all processes; rounded up to
+      a multiple of the process count.
+    seed: the latent stream.
+    use_ema: the EMA generator (else the raw one).
+
+  Yields:
+    uint8 [b, H, W, 3] batches: b = batch_size / process_count but the last.
+  """
+  num_processes, process = jax.process_count(), jax.process_index()
+  if num_samples % num_processes:
+    raise ValueError(f'num_samples={num_samples} must be a multiple of the '
+                     f'process count ({num_processes}).')
+  batch_size = -(-batch_size // num_processes) * num_processes
+  latents = _latents_fn(mesh_of(program), batch_size, config.model.latent_dim)
+  offset, scale = _pixel_normalization(config.dataset)
+  params = state.ema_params if use_ema else state.g_params
+  g_stats = state.batch_stats['generator']
+  key = jax.random.PRNGKey(seed)
+  for start in range(0, num_samples, batch_size):
+    images = _to_uint8(program.sample(params, g_stats, latents(key, start)),
+                       offset, scale)
+    images = np.asarray(images)[:num_samples - start]
+    share = images.shape[0] // num_processes
+    yield images[process * share:(process + 1) * share]
+
+
+# --- Reference statistics -------------------------------------------------------
+
+
+def dataset_description(dataset_config: ml_collections.ConfigDict,
+                        num_images: int | None = None) -> dict[str, Any]:
+  """What identifies the reference images of `dataset_config` (json-able).
+
+  Args:
+    dataset_config: the config's `dataset` block.
+    num_images: reference images wanted; the process count is part of the
+      description when they are a subset (each process draws its own part).
+  """
+  d = dataset_config
+  description = {'source': d.source, 'resolution': d.resolution,
+                 'reference_seed': REFERENCE_SEED}
+  if d.source == 'procedural':
+    description['num_images'] = d.num_images
+  elif d.source == 'folder':
+    from input_pipeline import prepare  # pylint: disable=g-import-not-at-top
+    manifest = prepare.read_manifest(d.path)
+    description.update(
+        path=os.path.abspath(os.path.expanduser(d.path)),
+        source_fingerprint=manifest['source']['fingerprint'],
+        prepared_resolution=manifest['resolution'], crop=manifest['crop'],
+        filter=manifest.get('filter'), num_images=manifest['written'])
+  else:
+    description.update(name=d.name, split=d.split, image_key=d.image_key,
+                       crop=d.crop)
+  total = description.get('num_images')
+  if num_images is not None and (total is None or num_images < total):
+    # Which images form a subset depends on how the stream is split and
+    # shuffled ('procedural' always shuffles fully).
+    description['process_count'] = jax.process_count()
+    if d.source != 'procedural':
+      description['shuffle_buffer'] = d.shuffle_buffer
+  return description
+
+
+def _dataset_size(dataset_config: ml_collections.ConfigDict,
+                  description: dict[str, Any]) -> int:
+  if 'num_images' in description:
+    return description['num_images']
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.create_source(dataset_config).num_examples
+
+
+def _resize_method(description: dict[str, Any]) -> str:
+  if description['source'] == 'procedural':
+    return 'procedural: rendered at the resolution'
+  if description['source'] == 'folder':
+    method = f'PIL {description["filter"]} (input_pipeline.prepare)'
+    if description['prepared_resolution'] != description['resolution']:
+      method += ', then tf.image.resize area'
+    return method
+  return (f'tf.image.resize bilinear antialias after crop '
+          f'{description["crop"]!r}')
+
+
+def _unaugmented(dataset_config: ml_collections.ConfigDict
+                 ) -> ml_collections.ConfigDict:
+  """A copy of the dataset block that yields the images as they are."""
+  plain = ml_collections.ConfigDict(dataset_config.to_dict())
+  plain.random_flip = plain.vertical_flip = plain.standardize = False
+  plain.translate = plain.rotate = 0.0
+  plain.diffaugment = ''
+  return plain
+
+
+def dataset_reference(config: ml_collections.ConfigDict,
+                      extractor: metrics_lib.FeatureExtractor,
+                      num_images: int,
+                      cache_dir: str | os.PathLike | None = None,
+                      batch_size: int | None = None,
+                      progress: bool = True) -> metrics_lib.ReferenceStatistics:
+  """Reference statistics of `config.dataset`, computed once and cached.
+
+  The images are the first `num_images` (capped by the dataset's size) of
+  the dataset's stream with seed REFERENCE_SEED and every augmentation off.
+
+  Args:
+    config: the run's config.
+    extractor: from `metrics.feature_extractor`.
+    num_images: reference images over all processes.
+    cache_dir: statistics cache (default $FACEGAN_CACHE, ~/.cache/facegan_jax).
+    batch_size: images per Inception call over all processes (default
+      config's eval_batch_size).
+    progress: progress line on stderr.
+
+  Returns:
+    The statistics; `info` holds their provenance and, under 'dataset', the
+    description the fingerprint hashes.
+  """
+  dataset_config = config.dataset
+  description = dataset_description(dataset_config, num_images)
+  num_processes = jax.process_count()
+  size = _dataset_size(dataset_config, description)
+  # Every process must contribute equally many images (and never wrap around
+  # into a second epoch of its part).
+  num_images = min(num_images, size) // num_processes * num_processes
+  if num_images < 2:
+    raise ValueError(f'The dataset has {size} images; FID needs at least 2 '
+                     'reference images.')
+  batch_size = batch_size or eval_option(config, 'eval_batch_size')
+  local_batch = max(1, batch_size // num_processes)
+
+  def batches():
+    import input_pipeline  # pylint: disable=g-import-not-at-top
+    dataset = input_pipeline.create_dataset(
+        _unaugmented(dataset_config), local_batch_size=local_batch,
+        seed=REFERENCE_SEED, process_index=jax.process_index(),
+        process_count=num_processes)
+    for batch in dataset.as_numpy_iterator():
+      # [-1, 1] floats of uint8 pixels -> the same pixels, a quarter the bytes.
+      yield np.clip(np.floor(batch['image'] * 127.5 + 128.0), 0,
+                    255).astype(np.uint8)
+
+  stats = metrics_lib.reference_statistics(
+      batches, extractor=extractor,
+      fingerprint=metrics_lib.dataset_fingerprint(description),
+      num_images=num_images, resolution=dataset_config.resolution,
+      resize_method=_resize_method(description), cache_dir=cache_dir or None,
+      progress=progress)
+  return dataclasses.replace(stats, info=dict(stats.info, dataset=description))
+
+
+# --- Scores ---------------------------------------------------------------------
+
+
+def scores_provenance(extractor: metrics_lib.FeatureExtractor,
+                      reference: metrics_lib.ReferenceStatistics | None = None
+                      ) -> dict[str, Any]:
+  """The extractor's provenance plus the reference's identity."""
+  result = dict(extractor.provenance())
+  if reference is not None:
+    info = reference.info
+    result.update(dataset_fingerprint=info.get('dataset_fingerprint'),
+                  reference_sha256=info.get('npz_sha256'),
+                  reference_resize_method=info.get('resize_method'),
+                  dataset=info.get('dataset'))
+  return result
+
+
+def evaluate_state(config: ml_collections.ConfigDict,
+                   program: train_step_lib.Program, state: Any,
+                   extractor: metrics_lib.FeatureExtractor,
+                   reference: metrics_lib.ReferenceStatistics,
+                   num_samples: int,
+                   metrics: Sequence[str] = metrics_lib.ALL_METRICS, *,
+                   batch_size: int | None = None, seed: int = EVAL_SEED,
+                   use_ema: bool = True,
+                   progress: bool = True) -> dict[str, Any]:
+  """Scores the generator of `state` against `reference`.
+
+  Args:
+    config: the run's config.
+    program: from `train_step.build_program`.
+    state: a TrainState on the program's shardings.
+    extractor: from `metrics.feature_extractor`.
+    reference: from `dataset_reference` (or `metrics.reference_statistics`).
+    num_samples: generated images (over all processes).
+    metrics: subset of metrics.ALL_METRICS (or names for `parse_metrics`);
+      the others are NaN, as in `metrics.compute_all`.
+    batch_size: images per generator/Inception call (default the config's
+      eval_batch_size).
+    seed: latent stream (see `generate_images`).
+    use_ema: score the EMA generator (else the raw one).
+    progress: progress line on stderr.
+
+  Returns:
+    SCORE_KEYS as floats (NaN where not computed) and the provenance:
+    weights sha256/source, resize, input size, package version, dataset
+    fingerprint and description, metrics, seed, use_ema, step.
+  """
+  metrics = parse_metrics(metrics)
+  batch_size = batch_size or eval_option(config, 'eval_batch_size')
+  started = time.perf_counter()
+  fake_features, fake_logits = metrics_lib.extract_features(
+      extractor,
+      generate_images(config, program, state, num_samples, batch_size, seed,
+                      use_ema),
+      num_images=num_samples // jax.process_count(), progress=progress,
+      description='Generated images')
+  scores = metrics_lib.compute_all(reference, fake_features, None, fake_logits,
+                                   metrics=metrics)
+  return dict(scores, **scores_provenance(extractor, reference),
+              metrics=list(metrics), sample_seed=seed, use_ema=use_ema,
+              step=int(state.step),
+              eval_seconds=round(time.perf_counter() - started, 3))
+
+
+def json_ready(value: Any) -> Any:
+  """NaN/Inf -> None and numpy scalars -> Python, recursively (valid JSON)."""
+  if isinstance(value, dict):
+    return {str(k): json_ready(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_ready(v) for v in value]
+  if isinstance(value, (np.generic, np.ndarray)):
+    value = value.tolist()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+# --- Restoring a run --------------------------------------------------------------
+
+
+def config_from_meta(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The config stored in a checkpoint's meta, on top of today's defaults.
+
+  Keys added to configs/default.py after the run was saved get their default.
+  """
+  config = default_config.base_config()
+  config.update(saved)
+  return config
+
+
+def restore_run(workdir: str, step: int | None = None,
+                mesh: Mesh | None = None
+                ) -> tuple[ml_collections.ConfigDict, train_step_lib.Program,
+                           Any, dict[str, Any]]:
+  """Loads a run's config, program and state from its checkpoints.
+
+  Args:
+    workdir: the run's workdir (or its `checkpoints` folder).
+    step: the checkpoint to load; None = the newest one that loads.
+    mesh: default every device.
+
+  Returns:
+    (config, program, state, meta); state is on the program's shardings.
+
+  Raises:
+    ValueError: no checkpoints, or none at `step`; says what exists.
+  """
+  path = epath.Path(workdir).expanduser()
+  if (path / 'checkpoints').is_dir():
+    path = path / 'checkpoints'
+  if not path.is_dir():
+    raise ValueError(f'{workdir} is not a directory; pass the --workdir of a '
+                     'training run (it holds a checkpoints/ folder).')
+  manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False))
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise ValueError(f'{path} holds no checkpoints; train first (main.py '
+                     '--workdir=...) or point at another run.')
+  if step is not None and step not in steps:
+    raise ValueError(f'No checkpoint at step {step} in {path}; available '
+                     f'steps: {", ".join(map(str, steps))}.')
+  mesh = mesh or partitioning.create_mesh()
+  errors = []
+  for candidate in [step] if step is not None else reversed(steps):
+    try:
+      meta = manager.restore(candidate, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore())).meta
+      config = config_from_meta(meta['config'])
+      program = train_step_lib.build_program(config, mesh)
+      abstract = checkpointing.abstract_with_shardings(
+          program.abstract_state, program.state_sharding)
+      state = manager.restore(candidate, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract))).state
+      return config, program, state, meta
+    except Exception as error:  # pylint: disable=broad-except
+      errors.append(f'step {candidate}: {type(error).__name__}: {error}')
+      print(f'WARNING: checkpoint step {candidate} in {path} cannot be read '
+            f'({type(error).__name__}).', file=sys.stderr)
+  raise ValueError(f'No readable checkpoint in {path}:\n  ' +
+                   '\n  '.join(errors))
+
+
+# --- In training ------------------------------------------------------------------
+
+
+class TrainingEvaluator:
+  """FID (and KID/IS/PR if config.eval_metrics asks) every eval_every steps.
+
+  Use in the loop (every process, at every step):
+
+    evaluator = TrainingEvaluator(config, program, workdir)
+    if config.eval_every:
+      evaluator.prepare(start_step)  # Fail fast; recall the best so far.
+    ...
+    scores = evaluator(state, step)  # None unless step % eval_every == 0.
+    if scores is not None and evaluator.best_step == step: ...keep it...
+
+  The extractor and the reference statistics are built by `prepare()` (else
+  on first use). Every process must call it at the same steps: all take
+  part in feature extraction and all get the same scores and best_fid.
+  Process 0 appends each result with its provenance to
+  `<workdir>/eval/scores.jsonl`.
+
+  Attributes:
+    best_fid: lowest FID so far (inf before the first), including FIDs of
+      earlier steps of this run found in scores.jsonl (a resumed run
+      remembers its best), if computed with the same weights, reference and
+      sample count.
+    best_step: the step of best_fid (None before the first).
+    last_result: the full result dict of the latest evaluation.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               program: train_step_lib.Program, workdir: str, *,
+               extractor: metrics_lib.FeatureExtractor | None = None,
+               progress: bool = True):
+    self.config = config
+    self.program = program
+    self.every = config.eval_every
+    self.num_samples = config.eval_num_samples
+    self.metrics = parse_metrics(eval_option(config, 'eval_metrics'))
+    self.scores_path = os.path.join(workdir, 'eval', 'scores.jsonl')
+    self.progress = progress
+    self.best_fid = math.inf
+    self.best_step = None
+    self.last_result = None
+    self._extractor = extractor
+    self._reference = None
+
+  def due(self, step: int) -> bool:
+    """Whether `step` is an evaluation step."""
+    return self.every > 0 and step > 0 and step % self.every == 0
+
+  def prepare(self, start_step: int | None = None) -> None:
+    """Finds the weights and the reference statistics now (fail fast).
+
+    Also recalls best_fid from the comparable records of scores.jsonl up to
+    `start_step` (the step a resumed run restarts from; None = all records):
+    later ones belong to a continuation the resume discarded.
+    """
+    if self._extractor is None:
+      self._extractor = metrics_lib.feature_extractor(
+          mesh_of(self.program),
+          weights_path=eval_option(self.config, 'eval_weights') or None)
+    if self._reference is None:
+      self._reference = dataset_reference(
+          self.config, self._extractor,
+          eval_option(self.config, 'eval_reference_images'),
+          cache_dir=eval_option(self.config, 'eval_cache_dir') or None,
+          progress=self.progress)
+      self._recall_best(start_step)
+
+  def __call__(self, state: Any, step: int,
+               force: bool = False) -> dict[str, float] | None:
+    """Evaluates `state` if `step` is due (or `force`).
+
+    Returns:
+      None when not due; else the requested scores as floats (e.g. {'fid'}
+      or {'fid', 'kid_mean', 'kid_std'}) plus 'best_fid' when FID is one.
+    """
+    if not (force or self.due(step)):
+      return None
+    self.prepare(start_step=step - 1)
+    result = evaluate_state(
+        self.config, self.program, state, self._extractor, self._reference,
+        self.num_samples, self.metrics, progress=self.progress)
+    result['step'] = int(step)
+    self.last_result = result
+    fid = result['fid']
+    if 'fid' in self.metrics and math.isfinite(fid) and fid < self.best_fid:
+      self.best_fid, self.best_step = fid, int(step)
+    self._agree_on_best()
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(self.scores_path), exist_ok=True)
+      with open(self.scores_path, 'a') as stream:
+        stream.write(json.dumps(json_ready(result), sort_keys=True) + '\n')
+    scores = {key: float(result[key]) for name in self.metrics
+              for key in METRIC_KEYS[name]}
+    if 'fid' in self.metrics:
+      scores['best_fid'] = self.best_fid
+    return scores
+
+  def _recall_best(self, start_step: int | None) -> None:
+    """best_fid/best_step from earlier, comparable records of this run."""
+    if jax.process_index() != 0 or not os.path.isfile(self.scores_path):
+      self._agree_on_best()
+      return
+    # A FID is comparable only with the same weights, reference and samples.
+    expected = {
+        'weights_sha256': self._extractor.weights.sha256,
+        'dataset_fingerprint': self._reference.info['dataset_fingerprint'],
+        'num_real': float(self._reference.features.shape[0]),
+        'num_fake': float(self.num_samples), 'sample_seed': EVAL_SEED,
+        'use_ema': True}
+    with open(self.scores_path) as stream:
+      for line in stream:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # A line cut short by a crash.
+        fid, step = record.get('fid'), record.get('step')
+        if (isinstance(fid, (int, float)) and isinstance(step, int) and
+            (start_step is None or step <= start_step) and
+            fid < self.best_fid and
+            all(record.get(k) == v for k, v in expected.items())):
+          self.best_fid, self.best_step = float(fid), step
+    self._agree_on_best()
+
+  def _agree_on_best(self) -> None:
+    """Every process takes process 0's best (only it reads scores.jsonl),
+    so a decision such as saving a checkpoint is the same everywhere."""
+    if jax.process_count() == 1:
+      return
+    best = multihost_utils.broadcast_one_to_all(np.array(
+        [self.best_fid, -1 if self.best_step is None else self.best_step],
+        np.float64))
+    self.best_fid = float(best[0])
+    self.best_step = None if best[1] < 0 else int(best[1])
