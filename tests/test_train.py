@@ -146,3 +146,16 @@ def test_in_training_evaluation_keeps_the_best_checkpoint(tmp_path):
   fid = events.Tensors('eval/fid')
   assert [e.step for e in fid] == [2]
   assert os.path.isdir(tmp_path / 'run' / 'best' / 'state')
+
+
+def test_non_finite_loss_rolls_back_with_scaled_learning_rates(tmp_path,
+                                                              capsys):
+  # A learning rate of 1e30 blows up; x1e-28 (rollback scale 1e-28 applied
+  # once) gives 0.01, which trains.
+  config = _config(**{'optimizer.g_learning_rate': 1e30,
+                      'optimizer.d_learning_rate': 1e30,
+                      'nan_rollback_lr_scale': 1e-28, 'num_train_steps': 2})
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert 'Rolling back to the last checkpoint' in capsys.readouterr().out
+  assert int(state.step) == 2
+  assert all(np.isfinite(leaf).all() for leaf in _leaves(state.d_params))
