@@ -13,7 +13,10 @@ Measures, at each resolution (64 and 128 by default):
     default augmentation (random flips), then with 1/8 shifts and 10-degree
     rotations on as well;
   - jpeg decode: tf.data reading the same JPEGs, decode + celeba crop +
-    resize (what training straight from JPEG files would cost).
+    resize (what training straight from JPEG files would cost);
+  - train step: images/s the --train_recipe step consumes at that
+    resolution (benchmarks/train_step.py), and how many times faster the
+    prepared folder feeds it.
 Prints a table, then one JSON line.
 
 Unlike the other benchmarks this one needs TensorFlow: tf.data is what it
@@ -21,6 +24,7 @@ measures.
 """
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -38,6 +42,8 @@ from configs import default
 import input_pipeline
 from input_pipeline import prepare
 from input_pipeline import procedural
+sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+import train_step as train_step_benchmark
 from input_pipeline import sources
 import tensorflow as tf
 
@@ -102,6 +108,9 @@ def main() -> None:
                       help='timed batches per row (default %(default)s)')
   parser.add_argument('--batch_size', type=int, default=64)
   parser.add_argument('--resolutions', default='64,128')
+  parser.add_argument('--train_recipe', default='wgan_gp',
+                      help="recipe in configs/ whose train step is timed "
+                           "beside the pipeline ('' skips it)")
   args = parser.parse_args()
   resolutions = [int(r) for r in args.resolutions.split(',')]
   size = args.batch_size
@@ -143,11 +152,20 @@ def main() -> None:
         rate = _images_per_second(input_pipeline.create_dataset(
             config, local_batch_size=size, seed=0), args.batches, size)
         rows.append((name, resolution, rate, origin))
+        if name == 'folder':
+          folder_rate = rate
 
       rate = _images_per_second(_jpeg_dataset(jpegs, resolution, size),
                                 args.batches, size)
       rows.append(('jpeg decode + crop + resize', resolution, rate,
                    f'{origin}; no flips'))
+      if args.train_recipe:
+        train_config = importlib.import_module(
+            f'configs.{args.train_recipe}').get_config(f'res={resolution}')
+        rate = train_step_benchmark.benchmark(train_config, 2)['images_per_s']
+        rows.append((f'train step ({args.train_recipe})', resolution, rate,
+                     f'prepared folder feeds it {folder_rate / rate:.0f}x '
+                     'faster'))
   finally:
     shutil.rmtree(work, ignore_errors=True)
 
