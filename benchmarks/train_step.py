@@ -5,9 +5,13 @@
 Prints a readable table, then, as its last line, one JSON object with config,
 backend, batch_size, compile_s, critic_step_s, generator_step_s,
 iteration_s, images_per_s, sec_per_kimg, gflops_per_s, peak_gflops_per_s,
-peak_memory_gib (and with --torch_reference torch_iteration_s and ratio =
-iteration_s / torch_iteration_s). Runs without TensorFlow: batches are random
-images placed on the mesh, so only the step is timed.
+peak_memory_gib (and with --torch_reference torch_iteration_s, its critic and
+generator steps, and ratio = iteration_s / torch_iteration_s). Runs without
+TensorFlow: batches are random images placed on the mesh, so only the step is
+timed. With --torch_reference both frameworks are timed in alternating
+rounds (medians over --repeats rounds), so a slow spell of a shared machine
+slows both alike. peak_memory_gib is our process's peak before the peer runs
+(on CPU the resident set, which includes the peer's parameters).
 """
 
 import json
@@ -16,6 +20,7 @@ import resource
 import statistics
 import sys
 import time
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,13 +44,34 @@ flags.DEFINE_bool('torch_reference', False,
                   'Also time the PyTorch peer (benchmarks/torch_reference.py).')
 
 
+_PAUSE_S = 1.0
+
+
+def _seconds(fn) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
 def _median_seconds(fn, repeats: int) -> float:
-  times = []
+  return statistics.median(_seconds(fn) for _ in range(repeats))
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]],
+                        repeats: int) -> dict[str, float]:
+  """Median seconds of each function, timed in alternating rounds.
+
+  Each round runs every function once, so a slow spell of a shared machine
+  hits all of them alike and the ratios stay meaningful. A short untimed
+  pause before each call lets the previous runtime's worker threads stop
+  spinning (they would otherwise slow the next framework down).
+  """
+  times = {name: [] for name in fns}
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for name, fn in fns.items():
+      time.sleep(_PAUSE_S)
+      times[name].append(_seconds(fn))
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -71,8 +97,17 @@ def _peak_memory_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def benchmark(config, repeats: int) -> dict:
-  """Times `config`'s step on all devices; returns the figures."""
+def benchmark(config, repeats: int,
+              peers: dict[str, Callable[[], Any]] | None = None) -> dict:
+  """Times `config`'s step on all devices; returns the figures.
+
+  Args:
+    config: the full config.
+    repeats: timed rounds.
+    peers: more functions to time in the same rounds (the PyTorch peer),
+      by the figure name they report.
+  """
+  peers = dict(peers or {})
   mesh = partitioning.create_mesh()
   program = train_step_lib.build_program(config, mesh)
   generator, discriminator = program.generator, program.discriminator
@@ -98,18 +133,26 @@ def benchmark(config, repeats: int) -> dict:
   generator_only = jax.jit(generator_phase, static_argnums=1).lower(
       state, batch).compile()
 
-  # The full step donates its state: thread it through the repetitions.
-  holder = {'state': step(state, full_images)[0]}
+  # The full step donates its state: thread a copy through the repetitions
+  # and keep `state` for the phases.
+  holder = {'state': jax.tree.map(jnp.copy, state)}
 
-  def run_full():
+  def iteration():
     holder['state'], metrics = step(holder['state'], full_images)
     return metrics
 
-  iteration_s = _median_seconds(run_full, repeats)
-  state = holder['state']
-  critic_s = _median_seconds(lambda: critic(state, one_images)[1], repeats)
-  generator_s = _median_seconds(lambda: generator_only(state)[1],
-                                repeats)
+  fns = {
+      'iteration_s': iteration,
+      'critic_step_s': lambda: critic(state, one_images)[1],
+      'generator_step_s': lambda: generator_only(state)[1],
+  }
+  for fn in fns.values():  # Warm-up, and our peak before any peer runs.
+    jax.block_until_ready(fn())
+  peak_memory_gib = _peak_memory_gib()
+  for fn in peers.values():
+    fn()
+  seconds = interleaved_medians({**fns, **peers}, repeats)
+  iteration_s = seconds['iteration_s']
   images_per_s = n_critic * batch / iteration_s
   # XLA counts a lax.scan body once, whatever its trip count: add the phases.
   flops = n_critic * _flops(critic) + _flops(generator_only)
@@ -119,14 +162,30 @@ def benchmark(config, repeats: int) -> dict:
       'batch_size': batch,
       'n_critic': n_critic,
       'compile_s': compile_s,
-      'critic_step_s': critic_s,
-      'generator_step_s': generator_s,
-      'iteration_s': iteration_s,
+      **seconds,
       'images_per_s': images_per_s,
       'sec_per_kimg': 1000 / images_per_s,
       'gflops_per_iteration': flops / 1e9,
       'gflops_per_s': flops / 1e9 / iteration_s,
-      'peak_memory_gib': _peak_memory_gib(),
+      'peak_memory_gib': peak_memory_gib,
+  }
+
+
+def torch_peers(config) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
+  """The PyTorch peer's description and its step functions, by figure name."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  critic_step, generator_step = torch_reference.make_steps(config)
+
+  def iteration():
+    for _ in range(config.n_critic):
+      critic_step()
+    generator_step()
+
+  return torch_reference.about(), {
+      'torch_iteration_s': iteration,
+      'torch_critic_step_s': critic_step,
+      'torch_generator_step_s': generator_step,
   }
 
 
@@ -134,14 +193,15 @@ def main(argv):
   del argv
   config = FLAGS.config
   figures = {'config': config_flags.get_config_filename(FLAGS['config'])}
-  figures.update(benchmark(config, FLAGS.repeats))
+  peers = {}
+  if FLAGS.torch_reference:
+    about, peers = torch_peers(config)
+    figures.update(about)
+  figures.update(benchmark(config, FLAGS.repeats, peers))
   figures['peak_gflops_per_s'] = matmul_peak_gflops()
   figures['fraction_of_peak'] = (figures['gflops_per_s'] /
                                  figures['peak_gflops_per_s'])
   if FLAGS.torch_reference:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import torch_reference  # pylint: disable=g-import-not-at-top
-    figures.update(torch_reference.time_iteration(config, FLAGS.repeats))
     figures['ratio'] = figures['iteration_s'] / figures['torch_iteration_s']
   for key, value in figures.items():
     print(f'{key:>24}: {value:.4g}' if isinstance(value, float)

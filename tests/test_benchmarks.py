@@ -1,0 +1,132 @@
+"""benchmarks/: the train-step benchmark's JSON line, and its PyTorch peer.
+
+The peer builds the same models as the project (shapes only, through
+jax.eval_shape, plus one tiny update of each step). Skipped where torch is
+not installed (an optional benchmark dependency; CI installs the CPU build).
+"""
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import default
+from facegan_jax import models
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+torch = pytest.importorskip('torch')
+sys.path.insert(0, os.path.join(_ROOT, 'benchmarks'))
+import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The JSON fields the performance issue names: a contract.
+_REQUIRED_FIELDS = (
+    'config', 'backend', 'batch_size', 'compile_s', 'critic_step_s',
+    'generator_step_s', 'iteration_s', 'images_per_s', 'sec_per_kimg',
+    'gflops_per_s', 'peak_gflops_per_s', 'torch_iteration_s', 'ratio')
+
+
+def test_train_step_benchmark_prints_the_json_figures():
+  overrides = ['--config.batch_size=4', '--config.model.g_width=2',
+               '--config.model.d_width=2', '--config.model.latent_dim=8',
+               '--config.n_critic=2']
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/train_step.py',
+       '--config=configs/wgan_gp.py:res=32', *overrides, '--repeats=2',
+       '--torch_reference'],
+      cwd=_ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  assert set(_REQUIRED_FIELDS) <= set(figures)
+  assert figures['config'] == 'configs/wgan_gp.py:res=32'
+  assert (figures['backend'], figures['batch_size']) == ('cpu', 4)
+  for key in _REQUIRED_FIELDS[2:]:
+    assert figures[key] > 0, key
+  assert figures['ratio'] == pytest.approx(
+      figures['iteration_s'] / figures['torch_iteration_s'])
+  assert figures['images_per_s'] == pytest.approx(
+      2 * 4 / figures['iteration_s'])
+
+
+def _config(generator, discriminator, d_norm='none', spectral_norm=False,
+            resolution=64, width=4):
+  config = default.base_config()
+  config.dataset.resolution = resolution
+  config.batch_size = 2
+  config.model.update(generator=generator, discriminator=discriminator,
+                      d_norm=d_norm, spectral_norm=spectral_norm,
+                      latent_dim=8, g_width=width, d_width=width)
+  return config
+
+
+def _jax_sizes(config):
+  """Sorted sizes of every parameter of our generator and critic."""
+  res = config.dataset.resolution
+  g = models.create_generator(config.model, res)
+  d = models.create_discriminator(config.model, res)
+  g_vars = jax.eval_shape(functools.partial(g.init, train=False),
+                          jax.random.key(0), jnp.zeros((1, 8)))
+  d_vars = jax.eval_shape(functools.partial(d.init, train=False),
+                          jax.random.key(0), jnp.zeros((1, res, res, 3)))
+  return tuple(sorted(math.prod(a.shape)
+                      for a in jax.tree.leaves(variables['params']))
+               for variables in (g_vars, d_vars))
+
+
+def _torch_sizes(config):
+  return tuple(sorted(p.numel() for p in module.parameters())
+               for module in torch_reference.build_models(config))
+
+
+@pytest.mark.parametrize('generator,discriminator,d_norm,spectral_norm', [
+    ('dcgan', 'dcgan', 'none', False),
+    ('dcgan', 'dcgan', 'layer', True),
+    ('dcgan', 'dcgan', 'batch', False),
+    ('resnet', 'resnet', 'layer', False),
+    ('resnet', 'resnet', 'none', True),
+    ('dcgan', 'resnet', 'batch', False),
+])
+def test_peer_has_the_same_parameter_tensors(generator, discriminator,
+                                              d_norm, spectral_norm):
+  for resolution in (64, 128):
+    config = _config(generator, discriminator, d_norm, spectral_norm,
+                     resolution)
+    assert _torch_sizes(config) == _jax_sizes(config)
+
+
+def test_dcgan64_peer_matches_the_shared_reference_counts():
+  # ../shared/bench/torch_wgan_gp_reference.py, width 64, latent 128.
+  config = _config('dcgan', 'dcgan', width=64)
+  config.model.latent_dim = 128
+  g, d = torch_reference.build_models(config)
+  assert sum(p.numel() for p in g.parameters()) == 3_806_083
+  assert sum(p.numel() for p in d.parameters()) == 2_764_737
+
+
+@pytest.mark.parametrize('recipe,overrides', [
+    ('wgan_gp', {}),
+    ('hinge_sn', {'generator': 'resnet', 'discriminator': 'resnet'}),
+    ('dcgan', {}),
+])
+def test_peer_steps_return_finite_losses(recipe, overrides):
+  config = __import__(f'configs.{recipe}', fromlist=['get_config']).get_config(
+      'res=64')
+  config.batch_size = 2
+  config.model.update(latent_dim=8, g_width=2, d_width=2, **overrides)
+  critic_step, generator_step = torch_reference.make_steps(config)
+  assert math.isfinite(critic_step()) and math.isfinite(generator_step())
+
+
+def test_peer_refuses_what_it_does_not_implement():
+  config = _config('dcgan', 'small_cnn')
+  with pytest.raises(ValueError, match='small_cnn'):
+    torch_reference.build_models(config)
+  config = _config('dcgan', 'dcgan')
+  config.loss.penalty = 'r1'
+  with pytest.raises(ValueError, match='r1'):
+    torch_reference.make_steps(config)
