@@ -199,6 +199,26 @@ def test_conv_mean_pool_matches_flax_conv_then_avg_pool(h, w, cin, cout,
                reference_conv.init, reference, _normal(0, (2, h, w, cin)))
 
 
+def test_pixel_matmul_derivatives_are_those_of_dot():
+  x, kernel = _normal(0, (2, 3, 5, 4)), _normal(1, (4, 6))
+  target = _normal(2, (2, 3, 5, 6))
+
+  def penalty(fn, kernel, x):
+    # A function of the input gradient, differentiated w.r.t. the kernel:
+    # the order the gradient penalty takes.
+    grad_x = jax.grad(lambda x: jnp.vdot(jnp.tanh(fn(x, kernel)), target))(x)
+    return jnp.sum(jnp.square(grad_x)) + jnp.vdot(fn(x, kernel), target)
+
+  @_jit
+  def derivatives(x, kernel):
+    return [jax.grad(functools.partial(penalty, fn), argnums=(0, 1))(kernel, x)
+            for fn in (conv.pixel_matmul, jnp.dot)]
+
+  fast, reference = derivatives(x, kernel)
+  for a, b in zip(fast, reference):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_space_to_depth_round_trip_and_layout():
   x = _normal(0, (2, 4, 6, 3))
   folded = conv.space_to_depth(x, (2, 2))

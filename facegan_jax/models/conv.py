@@ -26,6 +26,7 @@ checkpoints do not depend on the implementation.
 """
 
 from collections.abc import Sequence
+import functools
 import math
 from typing import Any
 
@@ -110,6 +111,40 @@ def depth_to_space(x: Array, block: Sequence[int]) -> Array:
   return x.reshape(b, h * bh, w * bw, c)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _pixel_matmul(x: Array, kernel: Array, precision: Any) -> Array:
+  return jnp.dot(x, kernel, precision=precision)
+
+
+def _pixel_matmul_fwd(x, kernel, precision):
+  return _pixel_matmul(x, kernel, precision), (x, kernel)
+
+
+def _pixel_matmul_bwd(precision, residuals, g):
+  x, kernel = residuals
+  cin, n = kernel.shape
+  dx = jnp.dot(g, kernel.T, precision=precision)
+  dkernel = jnp.dot(x.reshape(-1, cin).T, g.reshape(-1, n),
+                    precision=precision)
+  return dx, dkernel
+
+
+_pixel_matmul.defvjp(_pixel_matmul_fwd, _pixel_matmul_bwd)
+
+
+def pixel_matmul(x: Array, kernel: Array, precision: Any = None) -> Array:
+  """x [B, H, W, K] @ kernel [K, N] -> [B, H, W, N], every pixel at once.
+
+  The same function as `jnp.dot`, with the weight gradient written out as
+  x^T @ g over the B*H*W pixels. Left to autodiff, XLA:CPU picked the
+  operand order that transposes the wide [B*H*W, N] cotangent in memory
+  (DCGAN-64 generator step 0.78 -> 0.60 s with this). The rule is ordinary
+  JAX code, so it differentiates again (the gradient penalty's second
+  order); forward-mode (jax.jvp) is what a custom VJP gives up.
+  """
+  return _pixel_matmul(x, kernel, precision)
+
+
 def valid_conv_by_slices(x: Array, kernel: Array,
                          precision: Any = None) -> Array:
   """Stride-1 'VALID' convolution as im2col by slicing + one matmul.
@@ -140,8 +175,8 @@ def valid_conv_by_slices(x: Array, kernel: Array,
         [x[:, i:i + out_h, j:j + out_w, :]
          for i in range(kh) for j in range(kw)], axis=3)
     patches = patches.reshape(*patches.shape[:3], kh * kw * cin)
-  return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout),
-                 precision=precision)
+  return pixel_matmul(patches, kernel.reshape(kh * kw * cin, cout),
+                      precision)
 
 
 def _blocked_kernel(kernel: Array, strides: Sequence[int]) -> Array:

@@ -58,7 +58,7 @@ def conv_mean_pool_fast(x: Array, kernel: Array,
   """
   kh, kw, _, _ = kernel.shape
   if kh == kw == 1:
-    return jnp.dot(mean_pool(x), kernel[0, 0], precision=precision)
+    return conv_lib.pixel_matmul(mean_pool(x), kernel[0, 0], precision)
   _, h, w, _ = x.shape
   if h % 2 or w % 2:
     raise ValueError(

@@ -107,7 +107,8 @@ def _tap_planes(x: Array, kernel: Array,
   """
   kh, kw, cin, cout = kernel.shape
   kernel = kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
-  flat = jnp.split(jnp.dot(x, kernel, precision=precision), kh * kw, axis=-1)
+  flat = jnp.split(conv_lib.pixel_matmul(x, kernel, precision), kh * kw,
+                   axis=-1)
   return [flat[i * kw:(i + 1) * kw] for i in range(kh)]
 
 
@@ -193,7 +194,8 @@ def upsample_conv_fast(x: Array, kernel: Array,
   kh, kw, _, _ = kernel.shape
   if kh == kw == 1:
     # Pointwise: convolve the small image, then upsample (they commute).
-    return upsample_nearest(jnp.dot(x, kernel[0, 0], precision=precision))
+    return upsample_nearest(conv_lib.pixel_matmul(x, kernel[0, 0],
+                                                precision))
   return _col2im(_tap_planes(x, kernel, precision),
                  _upsample_conv_plan(kh), _upsample_conv_plan(kw))
 
