@@ -155,22 +155,29 @@ def build_models(config) -> tuple[nn.Module, nn.Module]:
           critics[m.discriminator](m.d_width, res, m.d_norm, m.spectral_norm))
 
 
-def make_steps(config) -> tuple[Callable[[], float], Callable[[], float]]:
+def make_steps(config, device: str = 'cpu'
+               ) -> tuple[Callable[[], float], Callable[[], float]]:
   """(critic_step, generator_step) closures; each runs one update and syncs.
 
   Args:
     config: the project's config (model.*, loss.*, optimizer.*, batch_size,
       dataset.resolution).
+    device: 'cpu' or 'cuda'. On CUDA, float32 matmuls and convolutions may
+      use TF32, as XLA's default precision does on the same GPUs.
   """
   torch.manual_seed(0)
+  if device == 'cuda':
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
   m, res, batch = config.model, config.dataset.resolution, config.batch_size
-  g, d = build_models(config)
+  g, d = (module.to(device) for module in build_models(config))
   opt = config.optimizer
   g_opt = torch.optim.Adam(g.parameters(), opt.g_learning_rate,
                            betas=(opt.b1, opt.b2))
   d_opt = torch.optim.Adam(d.parameters(), opt.d_learning_rate,
                            betas=(opt.b1, opt.b2))
-  real = torch.rand(batch, 3, res, res) * 2 - 1
+  real = torch.rand(batch, 3, res, res, device=device) * 2 - 1
   loss_name, penalty = config.loss.name, config.loss.penalty
   if penalty not in ('none', 'wgan_gp'):
     raise ValueError(f'The PyTorch reference implements loss.penalty none '
@@ -178,7 +185,7 @@ def make_steps(config) -> tuple[Callable[[], float], Callable[[], float]]:
 
   def critic_step():
     with torch.no_grad():
-      fake = g(torch.randn(batch, m.latent_dim))
+      fake = g(torch.randn(batch, m.latent_dim, device=device))
     real_scores, fake_scores = d(real), d(fake)
     if loss_name == 'wasserstein':
       loss = fake_scores.mean() - real_scores.mean()
@@ -187,7 +194,7 @@ def make_steps(config) -> tuple[Callable[[], float], Callable[[], float]]:
     else:  # non_saturating / minimax critic loss
       loss = F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
     if penalty == 'wgan_gp':
-      eps = torch.rand(batch, 1, 1, 1)
+      eps = torch.rand(batch, 1, 1, 1, device=device)
       mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
       grad, = torch.autograd.grad(d(mixed).sum(), mixed, create_graph=True)
       loss = loss + config.loss.penalty_weight * (
@@ -198,7 +205,7 @@ def make_steps(config) -> tuple[Callable[[], float], Callable[[], float]]:
     return loss.item()
 
   def generator_step():
-    scores = d(g(torch.randn(batch, m.latent_dim)))
+    scores = d(g(torch.randn(batch, m.latent_dim, device=device)))
     loss = (F.softplus(-scores).mean() if loss_name == 'non_saturating'
             else -scores.mean())
     g_opt.zero_grad()
@@ -209,9 +216,9 @@ def make_steps(config) -> tuple[Callable[[], float], Callable[[], float]]:
   return critic_step, generator_step
 
 
-def about() -> dict[str, Any]:
+def about(device: str = 'cpu') -> dict[str, Any]:
   return {'torch_version': torch.__version__,
-          'torch_threads': torch.get_num_threads()}
+          'torch_threads': torch.get_num_threads(), 'torch_device': device}
 
 
 def time_iteration(config, steps: int = 3) -> dict[str, Any]:

@@ -175,14 +175,16 @@ def torch_peers(config) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
   """The PyTorch peer's description and its step functions, by figure name."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import torch_reference  # pylint: disable=g-import-not-at-top
-  critic_step, generator_step = torch_reference.make_steps(config)
+  # The peer runs where we do: CUDA beside a GPU backend, else the CPU.
+  device = 'cuda' if jax.default_backend() == 'gpu' else 'cpu'
+  critic_step, generator_step = torch_reference.make_steps(config, device)
 
   def iteration():
     for _ in range(config.n_critic):
       critic_step()
     generator_step()
 
-  return torch_reference.about(), {
+  return torch_reference.about(device), {
       'torch_iteration_s': iteration,
       'torch_critic_step_s': critic_step,
       'torch_generator_step_s': generator_step,
