@@ -43,6 +43,7 @@ from PIL import Image
 from facegan_jax import evaluation
 from facegan_jax import metrics as metrics_lib
 from facegan_jax import partitioning
+from facegan_jax import restore
 from input_pipeline import image_files
 
 _WORKDIR = flags.DEFINE_string(
@@ -233,7 +234,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   metrics = evaluation.parse_metrics(metrics)
   if num_samples < 2 or reference_images < 2:
     raise ValueError('--num_samples and --reference_images must be >= 2.')
-  config, program, state, _ = evaluation.restore_run(workdir, step)
+  config, program, state, _ = restore.restore_run(workdir, step)
   extractor = extractor or _extractor(weights_path,
                                       evaluation.mesh_of(program))
   reference = evaluation.dataset_reference(

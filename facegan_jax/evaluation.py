@@ -6,9 +6,9 @@
   result = evaluate_state(config, program, state, extractor, reference,
                           num_samples=10_000, metrics=('fid', 'kid'))
 
-`TrainingEvaluator` does this every `config.eval_every` steps inside the
-training loop; `restore_run` loads a run's config and state for the
-command-line tool (`python -m facegan_jax.evaluate`).
+`training_evaluator.TrainingEvaluator` does this every `config.eval_every`
+steps inside the training loop; `restore.restore_run` loads a run's config
+and state for the command-line tool (`python -m facegan_jax.evaluate`).
 
 Scores are repeatable: sample i always comes from the latent vector
 normal(fold_in(PRNGKey(seed), i)), whatever the batch size or the number of
@@ -21,10 +21,8 @@ for the 'procedural' and 'folder' sources.
 from collections.abc import Iterator, Sequence
 import dataclasses
 import functools
-import json
 import math
 import os
-import sys
 import time
 from typing import Any
 
@@ -32,13 +30,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from configs import default as default_config
-from facegan_jax import checkpointing
 from facegan_jax import metrics as metrics_lib
 from facegan_jax import partitioning
 from facegan_jax import train_step as train_step_lib
@@ -373,207 +366,3 @@ def json_ready(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
-
-
-# --- Restoring a run --------------------------------------------------------------
-
-
-def config_from_meta(saved: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The config stored in a checkpoint's meta, on top of today's defaults.
-
-  Keys added to configs/default.py after the run was saved get their default.
-  """
-  config = default_config.base_config()
-  config.update(saved)
-  return config
-
-
-def restore_run(workdir: str, step: int | None = None,
-                mesh: Mesh | None = None
-                ) -> tuple[ml_collections.ConfigDict, train_step_lib.Program,
-                           Any, dict[str, Any]]:
-  """Loads a run's config, program and state from its checkpoints.
-
-  Args:
-    workdir: the run's workdir (or its `checkpoints` folder).
-    step: the checkpoint to load; None = the newest one that loads.
-    mesh: default every device.
-
-  Returns:
-    (config, program, state, meta); state is on the program's shardings.
-
-  Raises:
-    ValueError: no checkpoints, or none at `step`; says what exists.
-  """
-  path = epath.Path(workdir).expanduser()
-  if (path / 'checkpoints').is_dir():
-    path = path / 'checkpoints'
-  if not path.is_dir():
-    raise ValueError(f'{workdir} is not a directory; pass the --workdir of a '
-                     'training run (it holds a checkpoints/ folder).')
-  manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
-      read_only=True, create=False))
-  steps = sorted(manager.all_steps())
-  if not steps:
-    raise ValueError(f'{path} holds no checkpoints; train first (main.py '
-                     '--workdir=...) or point at another run.')
-  if step is not None and step not in steps:
-    raise ValueError(f'No checkpoint at step {step} in {path}; available '
-                     f'steps: {", ".join(map(str, steps))}.')
-  mesh = mesh or partitioning.create_mesh()
-  errors = []
-  for candidate in [step] if step is not None else reversed(steps):
-    try:
-      meta = manager.restore(candidate, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore())).meta
-      config = config_from_meta(meta['config'])
-      program = train_step_lib.build_program(config, mesh)
-      abstract = checkpointing.abstract_with_shardings(
-          program.abstract_state, program.state_sharding)
-      state = manager.restore(candidate, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract))).state
-      return config, program, state, meta
-    except Exception as error:  # pylint: disable=broad-except
-      errors.append(f'step {candidate}: {type(error).__name__}: {error}')
-      print(f'WARNING: checkpoint step {candidate} in {path} cannot be read '
-            f'({type(error).__name__}).', file=sys.stderr)
-  raise ValueError(f'No readable checkpoint in {path}:\n  ' +
-                   '\n  '.join(errors))
-
-
-# --- In training ------------------------------------------------------------------
-
-
-class TrainingEvaluator:
-  """FID (and KID/IS/PR if config.eval_metrics asks) every eval_every steps.
-
-  Use in the loop (every process, at every step):
-
-    evaluator = TrainingEvaluator(config, program, workdir)
-    if config.eval_every:
-      evaluator.prepare(start_step)  # Fail fast; recall the best so far.
-    ...
-    scores = evaluator(state, step)  # None unless step % eval_every == 0.
-    if scores is not None and evaluator.best_step == step: ...keep it...
-
-  The extractor and the reference statistics are built by `prepare()` (else
-  on first use). Every process must call it at the same steps: all take
-  part in feature extraction and all get the same scores and best_fid.
-  Process 0 appends each result with its provenance to
-  `<workdir>/eval/scores.jsonl`.
-
-  Attributes:
-    best_fid: lowest FID so far (inf before the first), including FIDs of
-      earlier steps of this run found in scores.jsonl (a resumed run
-      remembers its best), if computed with the same weights, reference and
-      sample count.
-    best_step: the step of best_fid (None before the first).
-    last_result: the full result dict of the latest evaluation.
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict,
-               program: train_step_lib.Program, workdir: str, *,
-               extractor: metrics_lib.FeatureExtractor | None = None,
-               progress: bool = True):
-    self.config = config
-    self.program = program
-    self.every = config.eval_every
-    self.num_samples = config.eval_num_samples
-    self.metrics = parse_metrics(eval_option(config, 'eval_metrics'))
-    self.scores_path = os.path.join(workdir, 'eval', 'scores.jsonl')
-    self.progress = progress
-    self.best_fid = math.inf
-    self.best_step = None
-    self.last_result = None
-    self._extractor = extractor
-    self._reference = None
-
-  def due(self, step: int) -> bool:
-    """Whether `step` is an evaluation step."""
-    return self.every > 0 and step > 0 and step % self.every == 0
-
-  def prepare(self, start_step: int | None = None) -> None:
-    """Finds the weights and the reference statistics now (fail fast).
-
-    Also recalls best_fid from the comparable records of scores.jsonl up to
-    `start_step` (the step a resumed run restarts from; None = all records):
-    later ones belong to a continuation the resume discarded.
-    """
-    if self._extractor is None:
-      self._extractor = metrics_lib.feature_extractor(
-          mesh_of(self.program),
-          weights_path=eval_option(self.config, 'eval_weights') or None)
-    if self._reference is None:
-      self._reference = dataset_reference(
-          self.config, self._extractor,
-          eval_option(self.config, 'eval_reference_images'),
-          cache_dir=eval_option(self.config, 'eval_cache_dir') or None,
-          progress=self.progress)
-      self._recall_best(start_step)
-
-  def __call__(self, state: Any, step: int,
-               force: bool = False) -> dict[str, float] | None:
-    """Evaluates `state` if `step` is due (or `force`).
-
-    Returns:
-      None when not due; else the requested scores as floats (e.g. {'fid'}
-      or {'fid', 'kid_mean', 'kid_std'}) plus 'best_fid' when FID is one.
-    """
-    if not (force or self.due(step)):
-      return None
-    self.prepare(start_step=step - 1)
-    result = evaluate_state(
-        self.config, self.program, state, self._extractor, self._reference,
-        self.num_samples, self.metrics, progress=self.progress)
-    result['step'] = int(step)
-    self.last_result = result
-    fid = result['fid']
-    if 'fid' in self.metrics and math.isfinite(fid) and fid < self.best_fid:
-      self.best_fid, self.best_step = fid, int(step)
-    self._agree_on_best()
-    if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(self.scores_path), exist_ok=True)
-      with open(self.scores_path, 'a') as stream:
-        stream.write(json.dumps(json_ready(result), sort_keys=True) + '\n')
-    scores = {key: float(result[key]) for name in self.metrics
-              for key in METRIC_KEYS[name]}
-    if 'fid' in self.metrics:
-      scores['best_fid'] = self.best_fid
-    return scores
-
-  def _recall_best(self, start_step: int | None) -> None:
-    """best_fid/best_step from earlier, comparable records of this run."""
-    if jax.process_index() != 0 or not os.path.isfile(self.scores_path):
-      self._agree_on_best()
-      return
-    # A FID is comparable only with the same weights, reference and samples.
-    expected = {
-        'weights_sha256': self._extractor.weights.sha256,
-        'dataset_fingerprint': self._reference.info['dataset_fingerprint'],
-        'num_real': float(self._reference.features.shape[0]),
-        'num_fake': float(self.num_samples), 'sample_seed': EVAL_SEED,
-        'use_ema': True}
-    with open(self.scores_path) as stream:
-      for line in stream:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # A line cut short by a crash.
-        fid, step = record.get('fid'), record.get('step')
-        if (isinstance(fid, (int, float)) and isinstance(step, int) and
-            (start_step is None or step <= start_step) and
-            fid < self.best_fid and
-            all(record.get(k) == v for k, v in expected.items())):
-          self.best_fid, self.best_step = float(fid), step
-    self._agree_on_best()
-
-  def _agree_on_best(self) -> None:
-    """Every process takes process 0's best (only it reads scores.jsonl),
-    so a decision such as saving a checkpoint is the same everywhere."""
-    if jax.process_count() == 1:
-      return
-    best = multihost_utils.broadcast_one_to_all(np.array(
-        [self.best_fid, -1 if self.best_step is None else self.best_step],
-        np.float64))
-    self.best_fid = float(best[0])
-    self.best_step = None if best[1] < 0 else int(best[1])

@@ -18,7 +18,7 @@ from clu import periodic_actions
 
 import input_pipeline
 from facegan_jax import checkpointing
-from facegan_jax import evaluation
+from facegan_jax import training_evaluator
 from facegan_jax import monitoring
 from facegan_jax import partitioning
 from facegan_jax import train_step as train_step_lib
@@ -212,7 +212,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> Any:
           logdir=workdir, num_profile_steps=config.profile_steps,
           first_profile=start_step + 2, every_secs=None))
 
-  evaluator = evaluation.TrainingEvaluator(config, program, workdir)
+  evaluator = training_evaluator.TrainingEvaluator(config, program, workdir)
   if config.eval_every:
     evaluator.prepare(start_step)  # fail fast: weights, reference statistics
 

@@ -23,8 +23,10 @@ from facegan_jax import evaluate
 from facegan_jax import evaluation
 from facegan_jax import metrics
 from facegan_jax import partitioning
+from facegan_jax import restore
 from facegan_jax import train
 from facegan_jax import train_step
+from facegan_jax import training_evaluator
 from facegan_jax.metrics import inception
 from tests.tiny import tiny_config
 
@@ -216,9 +218,9 @@ def test_cli_scores_a_checkpoint_repeatably(run_dir, extractor, cache):
 
 def test_missing_checkpoint_step_lists_the_available_ones(run_dir, tmp_path):
   with pytest.raises(ValueError, match='available steps: 1'):
-    evaluation.restore_run(run_dir, step=99)
+    restore.restore_run(run_dir, step=99)
   with pytest.raises(ValueError, match='holds no checkpoints'):
-    evaluation.restore_run(str(tmp_path))
+    restore.restore_run(str(tmp_path))
 
 
 # --- In training ----------------------------------------------------------------
@@ -237,7 +239,7 @@ def test_training_evaluator_scores_and_remembers_the_best(
     extractor, tiny_program, tmp_path):
   config = _eval_config()
   _, program, state = tiny_program  # Same models: eval_* keys change none.
-  evaluator = evaluation.TrainingEvaluator(config, program, str(tmp_path),
+  evaluator = training_evaluator.TrainingEvaluator(config, program, str(tmp_path),
                                            extractor=extractor, progress=False)
   assert evaluator(state, 1) is None and math.isinf(evaluator.best_fid)
   scores = evaluator(state, 2)
@@ -252,11 +254,11 @@ def test_training_evaluator_scores_and_remembers_the_best(
 
   # A resumed run (new evaluator, same workdir) remembers the best of the
   # steps up to the one it restarts from, and only those.
-  resumed = evaluation.TrainingEvaluator(config, program, str(tmp_path),
+  resumed = training_evaluator.TrainingEvaluator(config, program, str(tmp_path),
                                          extractor=extractor, progress=False)
   resumed.prepare(start_step=2)
   assert resumed.best_step == 2 and resumed.best_fid == scores['fid']
-  from_before = evaluation.TrainingEvaluator(
+  from_before = training_evaluator.TrainingEvaluator(
       config, program, str(tmp_path), extractor=extractor, progress=False)
   from_before.prepare(start_step=1)
   assert from_before.best_step is None and math.isinf(from_before.best_fid)

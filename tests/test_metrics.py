@@ -11,7 +11,6 @@ import pytest
 from scipy import linalg
 
 from facegan_jax import metrics
-from facegan_jax.metrics import fid
 from facegan_jax.metrics import inception_score
 from facegan_jax.metrics import kid
 from facegan_jax.metrics import precision_recall

@@ -4,7 +4,6 @@ import errno
 import io
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
