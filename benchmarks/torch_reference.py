@@ -13,7 +13,6 @@ dependency (`pip install torch==2.13.0` takes the CPU build here).
 
 from collections.abc import Callable
 import math
-import time
 from typing import Any
 
 import torch
@@ -219,22 +218,3 @@ def make_steps(config, device: str = 'cpu'
 def about(device: str = 'cpu') -> dict[str, Any]:
   return {'torch_version': torch.__version__,
           'torch_threads': torch.get_num_threads(), 'torch_device': device}
-
-
-def time_iteration(config, steps: int = 3) -> dict[str, Any]:
-  """Mean seconds of the critic step, generator step and n_critic iteration,
-  after one warm-up of each (benchmarks/train_step.py interleaves instead)."""
-  critic_step, generator_step = make_steps(config)
-  critic_step()
-  generator_step()
-  start = time.perf_counter()
-  for _ in range(steps):
-    critic_step()
-  critic_s = (time.perf_counter() - start) / steps
-  start = time.perf_counter()
-  for _ in range(steps):
-    generator_step()
-  generator_s = (time.perf_counter() - start) / steps
-  return {**about(), 'torch_critic_step_s': critic_s,
-          'torch_generator_step_s': generator_s,
-          'torch_iteration_s': config.n_critic * critic_s + generator_s}
