@@ -1,5 +1,5 @@
-"""DRAGAN (Kodali et al. 2017): minimax loss with a gradient penalty around
-perturbed real data (lambda 10).
+"""DRAGAN (Kodali et al. 2017): the non-saturating loss with a gradient penalty
+around perturbed real data (lambda 10).
 
 Adam(1e-4, b1=0.5, b2=0.9), one critic update per generator update.
 """

@@ -10,8 +10,6 @@ from facegan_jax import losses
 from facegan_jax import models
 from facegan_jax import optimizers
 
-DTYPES = ('float32', 'bfloat16')
-
 
 def _require(condition: bool, message: str) -> None:
   if not condition:
@@ -33,7 +31,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _choice('loss.penalty', config.loss.penalty, losses.PENALTIES)
   _choice('optimizer.name', config.optimizer.name, optimizers.OPTIMIZERS)
   _choice('optimizer.schedule', config.optimizer.schedule, optimizers.SCHEDULES)
-  _choice('dtype', config.dtype, DTYPES)
+  _choice('dtype', config.dtype, models.COMPUTE_DTYPES)
   for key in ('batch_size', 'n_critic', 'log_every', 'sample_every',
               'checkpoint_every', 'num_samples', 'keep_checkpoints'):
     _require(config[key] >= 1, f'{key} must be >= 1, got {config[key]}.')

@@ -40,10 +40,10 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from facegan_jax import evaluation
+from facegan_jax import scoring
 from facegan_jax import metrics as metrics_lib
 from facegan_jax import partitioning
-from facegan_jax import restore
+from facegan_jax import saved_run
 from input_pipeline import image_files
 
 _WORKDIR = flags.DEFINE_string(
@@ -62,7 +62,7 @@ _USE_EMA = flags.DEFINE_bool(
     'use_ema', True, 'With --workdir: score the EMA generator (--nouse_ema: '
     'the raw one).')
 _SEED = flags.DEFINE_integer(
-    'seed', evaluation.EVAL_SEED, 'With --workdir: seed of the latent '
+    'seed', scoring.EVAL_SEED, 'With --workdir: seed of the latent '
     'vectors (keep it fixed to compare checkpoints).')
 _REAL_DIR = flags.DEFINE_string(
     'real_dir', None, 'Mode 2: folder of real images (with --fake_dir).')
@@ -171,16 +171,16 @@ def evaluate_folders(real_dir: str, fake_dir: str, *, num: int | None = None,
     num: first N images of each folder (sorted by path); None = all.
     resolution: resize every image to R x R (PIL bicubic); None = as is.
     batch_size: images per Inception call.
-    metrics: as for `evaluation.parse_metrics`.
+    metrics: as for `scoring.parse_metrics`.
     weights_path: Inception weights file; None = search.
     extractor: reuse this extractor (else one is built on all devices).
     progress: progress lines on stderr.
 
   Returns:
-    evaluation.SCORE_KEYS plus the provenance (folders, fingerprints,
+    scoring.SCORE_KEYS plus the provenance (folders, fingerprints,
     resize, weights, package version).
   """
-  metrics = evaluation.parse_metrics(metrics)
+  metrics = scoring.parse_metrics(metrics)
   if num is not None and num < 2:
     raise ValueError(f'--num={num}: the metrics need at least 2 images.')
   real_paths = list_images(real_dir, 'real_dir')[:num]
@@ -199,7 +199,7 @@ def evaluate_folders(real_dir: str, fake_dir: str, *, num: int | None = None,
                                    features['real'][1], features['fake'][1],
                                    metrics=metrics)
   return dict(
-      scores, **evaluation.scores_provenance(extractor), metrics=list(metrics),
+      scores, **scoring.scores_provenance(extractor), metrics=list(metrics),
       real_dir=os.path.abspath(real_dir), fake_dir=os.path.abspath(fake_dir),
       real_fingerprint=folder_fingerprint(real_paths, resolution),
       fake_fingerprint=folder_fingerprint(fake_paths, resolution),
@@ -213,7 +213,7 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
                      metrics: str | Sequence[str] = metrics_lib.ALL_METRICS,
                      weights_path: str | None = None,
                      cache_dir: str | None = None,
-                     seed: int = evaluation.EVAL_SEED, use_ema: bool = True,
+                     seed: int = scoring.EVAL_SEED, use_ema: bool = True,
                      extractor: metrics_lib.FeatureExtractor | None = None,
                      progress: bool = True) -> dict[str, Any]:
   """Scores a run's checkpoint against its dataset's reference statistics.
@@ -226,21 +226,21 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
     batch_size, metrics, weights_path, extractor, progress: as for
       `evaluate_folders`.
     cache_dir: reference statistics cache (None = $FACEGAN_CACHE).
-    seed, use_ema: see `evaluation.evaluate_state`.
+    seed, use_ema: see `scoring.evaluate_state`.
 
   Returns:
-    evaluation.SCORE_KEYS, the provenance, workdir and checkpoint step.
+    scoring.SCORE_KEYS, the provenance, workdir and checkpoint step.
   """
-  metrics = evaluation.parse_metrics(metrics)
+  metrics = scoring.parse_metrics(metrics)
   if num_samples < 2 or reference_images < 2:
     raise ValueError('--num_samples and --reference_images must be >= 2.')
-  config, program, state, _ = restore.restore_run(workdir, step)
+  config, program, state, _ = saved_run.restore_run(workdir, step)
   extractor = extractor or _extractor(weights_path,
-                                      evaluation.mesh_of(program))
-  reference = evaluation.dataset_reference(
+                                      scoring.mesh_of(program))
+  reference = scoring.dataset_reference(
       config, extractor, reference_images, cache_dir=cache_dir,
       batch_size=batch_size, progress=progress)
-  result = evaluation.evaluate_state(
+  result = scoring.evaluate_state(
       config, program, state, extractor, reference, num_samples, metrics,
       batch_size=batch_size, seed=seed, use_ema=use_ema, progress=progress)
   return dict(result, workdir=os.path.abspath(workdir))
@@ -248,9 +248,9 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
 
 def to_json(result: dict[str, Any]) -> str:
   """One line of valid JSON: scores first, NaN as null."""
-  ordered = {key: result[key] for key in evaluation.SCORE_KEYS if key in result}
+  ordered = {key: result[key] for key in scoring.SCORE_KEYS if key in result}
   ordered.update(sorted((k, v) for k, v in result.items() if k not in ordered))
-  return json.dumps(evaluation.json_ready(ordered), allow_nan=False)
+  return json.dumps(scoring.json_ready(ordered), allow_nan=False)
 
 
 def main(argv: list[str]) -> None:

@@ -55,39 +55,76 @@ def format_duration(seconds: float) -> str:
 
 
 class ThroughputMeter:
-  """Steps/s and images/s between consecutive log points.
+  """Steps/s, images/s and sec/kimg between consecutive marks.
 
-  The caller marks a point only after fetching metrics, which waits for the
-  device, so each interval measures finished work.
+  The loop starts it once the first (compiling) step has finished, and marks
+  a point only after fetching metrics, which waits for the device, so each
+  interval measures finished work and excludes compilation.
   """
 
-  def __init__(self, step: int, images_per_step: int):
+  def __init__(self, images_per_step: int):
     self._images_per_step = images_per_step
-    self._last_step = step
-    self._last_time = time.perf_counter()
+    self._last_step = None
+    self._last_time = None
+
+  def start(self, step: int) -> None:
+    self._last_step, self._last_time = step, time.perf_counter()
 
   def mark(self, step: int) -> dict[str, float]:
+    """Speed since the last mark; {} before start or over an empty interval."""
+    if self._last_step is None or step <= self._last_step:
+      return {}
     now = time.perf_counter()
-    seconds = max(now - self._last_time, 1e-9)
-    steps = step - self._last_step
+    steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now
-    steps_per_s = steps / seconds
     images_per_s = steps_per_s * self._images_per_step
     return {
         'steps_per_s': steps_per_s,
         'images_per_s': images_per_s,
-        'sec_per_kimg': 1000.0 / images_per_s if images_per_s else float('inf'),
+        'sec_per_kimg': 1000.0 / images_per_s,
     }
 
 
 def progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
-  """One console line: step, losses, speed and time left."""
-  eta = (num_steps - step) / max(scalars['steps_per_s'], 1e-9)
-  return (f'step {step}/{num_steps}  d_loss {scalars["d_loss"]:.4f}  '
+  """One console line: step, losses, and speed and time left once known."""
+  line = (f'step {step}/{num_steps}  d_loss {scalars["d_loss"]:.4f}  '
           f'g_loss {scalars["g_loss"]:.4f}  '
-          f'W {scalars["wasserstein"]:.4f}  penalty {scalars["penalty"]:.4f}  '
-          f'{scalars["steps_per_s"]:.2f} steps/s  '
+          f'W {scalars["wasserstein"]:.4f}  penalty {scalars["penalty"]:.4f}')
+  if 'steps_per_s' not in scalars:
+    return line
+  eta = (num_steps - step) / scalars['steps_per_s']
+  return (f'{line}  {scalars["steps_per_s"]:.2f} steps/s  '
           f'{scalars["images_per_s"]:.1f} img/s  ETA {format_duration(eta)}')
+
+
+class ProfileWindow:
+  """Traces `num_steps` steps for TensorBoard's profile tab.
+
+  Starts after step `first_step - 1` has finished and stops once `num_steps`
+  more are done, or at `close()` if the run ends inside the window. The trace
+  goes to `logdir/plugins/profile/<run>/`.
+  """
+
+  def __init__(self, logdir: str, first_step: int, num_steps: int):
+    self._logdir = logdir
+    self._first_step = first_step
+    self._last_step = first_step + num_steps - 1
+    self._running = False
+
+  def __call__(self, step: int, state) -> None:
+    """Call after step `step` finished dispatching; `state` is its result."""
+    if not self._running and step == self._first_step - 1:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self._logdir)
+      self._running = True
+    elif self._running and step >= self._last_step:
+      jax.block_until_ready(state)
+      self.close()
+
+  def close(self) -> None:
+    if self._running:
+      jax.profiler.stop_trace()
+      self._running = False
 
 
 def device_memory() -> dict[str, float]:

@@ -14,9 +14,15 @@ DATA_AXIS = 'data'
 
 
 def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-  """A one-axis mesh over `devices` (default: every device of every process)."""
+  """A one-axis mesh over `devices` (default: every device of every process).
+
+  jax.make_mesh orders devices by the physical topology (TPU/GPU links).
+  Auto axes: shardings are given explicitly to jit, not carried in types.
+  """
   devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  return jax.make_mesh((len(devices),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -8,26 +8,25 @@ stopped, and runs the jitted step, reporting, sampling and checkpointing.
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 from clu import metric_writers
-from clu import periodic_actions
 
 import input_pipeline
 from facegan_jax import checkpointing
-from facegan_jax import training_evaluator
+from facegan_jax import metric_summary
 from facegan_jax import monitoring
 from facegan_jax import partitioning
+from facegan_jax import periodic_evaluation
 from facegan_jax import train_step as train_step_lib
 from facegan_jax.config_validation import validate_config
 
 # The fixed latent vectors for sample grids come from this stream, apart from
 # the training randomness, so grids are comparable across runs and resumes.
 _SAMPLE_SEED_OFFSET = 1_000_003
-
 
 # Rollbacks after non-finite losses before giving up (nan_rollback_lr_scale).
 _MAX_ROLLBACKS = 3
@@ -66,42 +65,82 @@ class _StopRequest:
           'and exiting (send it again to exit at once).', flush=True)
 
 
-def _check_finite(step: int, scalars: dict[str, float]) -> None:
-  bad = sorted(k for k, v in scalars.items() if not np.isfinite(v))
-  if bad:
-    raise NonFiniteLossError(
-        f'Non-finite values at step {step}: '
-        + ', '.join(f'{k}={scalars[k]}' for k in bad) +
-        '. The last checkpoint in the workdir is from before this; lower the '
-        'learning rates (optimizer.g_learning_rate / d_learning_rate) or '
-        'enable optimizer.grad_clip_norm and resume.')
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Any:
+  """Trains until `config.num_train_steps`; returns the final TrainState.
+
+  With `nan_rollback_lr_scale` in (0, 1), a non-finite loss does not end the
+  run: it resumes from the last checkpoint (never a non-finite one; from
+  scratch if none was written yet) with both learning rates scaled, up to
+  _MAX_ROLLBACKS times.
+  """
+  for rollback in range(_MAX_ROLLBACKS + 1):
+    try:
+      return _train(config, workdir)
+    except NonFiniteLossError as error:
+      scale = config.nan_rollback_lr_scale
+      if not 0 < scale < 1 or rollback == _MAX_ROLLBACKS:
+        raise
+      with checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                      read_only=True) as checkpointer:
+        steps = checkpointer.all_steps()
+      where = (f'the checkpoint at step {steps[-1]}' if steps else
+               'scratch (no checkpoint was written before it)')
+      print(f'{error}\nRestarting from {where} with learning rates '
+            f'x{scale}.', flush=True)
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.optimizer.g_learning_rate *= scale
+      config.optimizer.d_learning_rate *= scale
+      config.allow_config_change = True
 
 
-def _run_metadata(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
-  """The `meta` stored beside each checkpoint."""
-  return {
-      'config': config.to_dict(),
-      'step': step,
-      # The input pipeline is a pure function of (seed, process count,
-      # position), so the number of local batches consumed is the whole data
-      # state.
-      'data_batches_consumed': step,
-      'images_seen': step * config.n_critic * config.batch_size,
-  }
+def _train(config: ml_collections.ConfigDict, workdir: str) -> Any:
+  """One attempt of `train_and_evaluate`."""
+  validate_config(config)
+  input_pipeline.validate_dataset_config(config.dataset)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  mesh = partitioning.create_mesh()
+  partitioning.check_batch_size(config.batch_size, mesh)
+  program = train_step_lib.build_program(config, mesh)
+
+  with checkpointing.Checkpointer(
+      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+      checkpoint_every=config.checkpoint_every) as checkpointer:
+    state = _restore_or_init(config, program, checkpointer, workdir)
+    print(f'Training {config.model.generator}/{config.model.discriminator} '
+          f'({config.loss.name}, penalty {config.loss.penalty}) at '
+          f'{config.dataset.resolution}x{config.dataset.resolution} on '
+          f'{mesh.devices.size} {jax.default_backend()} device(s), '
+          f'steps {int(state.step)}->{config.num_train_steps}, workdir '
+          f'{workdir}', flush=True)
+    loop = _Loop(config, program, mesh, checkpointer, workdir)
+    return loop.run(state)
 
 
-def _write_sample_grids(writer, sample_fn, state, z, workdir, step) -> None:
-  grids = {}
-  for name, params in (('samples', state.g_params),
-                       ('samples_ema', state.ema_params)):
-    images = jax.device_get(sample_fn(params, state.batch_stats['generator'], z))
-    grids[name] = monitoring.image_grid(images)
-  if jax.process_index() == 0:
-    monitoring.save_png(grids['samples_ema'],
-                        os.path.join(workdir, 'samples', f'ema_{step:07d}.png'))
-    monitoring.save_png(grids['samples'],
-                        os.path.join(workdir, 'samples', f'raw_{step:07d}.png'))
-  writer.write_images(step, {k: v[None] for k, v in grids.items()})
+def _restore_or_init(config, program, checkpointer, workdir):
+  """The newest checkpoint's state if `workdir` has one, else a fresh state.
+
+  The config check runs on the checkpoint's meta before any array is read,
+  so a changed model is refused with its keys instead of failing to load.
+  """
+  abstract = checkpointing.abstract_with_shardings(program.abstract_state,
+                                                   program.state_sharding)
+
+  def checked_target(meta):
+    checkpointing.check_resume_config(meta['config'], config)
+    return abstract
+
+  restored = checkpointer.restore(checked_target)
+  if restored is not None:
+    state, _ = restored
+    print(f'Resuming from step {int(state.step)} in {workdir}.', flush=True)
+    return state
+  state = program.init(jax.random.PRNGKey(config.seed))
+  if config.init_from:
+    state = _with_weights_from(state, config.init_from, program.state_sharding)
+    print(f'Initialized weights from {config.init_from}.', flush=True)
+  return state
 
 
 def _with_weights_from(state, run_dir: str, state_sharding):
@@ -119,161 +158,174 @@ def _with_weights_from(state, run_dir: str, state_sharding):
   return jax.device_put(state.replace(**weights), state_sharding)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Any:
-  """Trains until `config.num_train_steps`; returns the final TrainState.
+def _local_batches(config, start_step: int) -> Iterator[np.ndarray]:
+  """This process's real images per step, [n_critic, B_local, H, W, C].
 
-  With `nan_rollback_lr_scale` in (0, 1), a non-finite loss does not end the
-  run: it resumes from the last checkpoint (never a non-finite one) with both
-  learning rates scaled, up to _MAX_ROLLBACKS times.
+  The stream is a pure function of (seed, process count, position), so it
+  resumes exactly where `start_step` left it.
   """
-  for rollback in range(_MAX_ROLLBACKS + 1):
-    try:
-      return _train(config, workdir)
-    except NonFiniteLossError as error:
-      scale = config.nan_rollback_lr_scale
-      if not 0 < scale < 1 or rollback == _MAX_ROLLBACKS:
-        raise
-      print(f'{error}\nRolling back to the last checkpoint with learning '
-            f'rates x{scale}.', flush=True)
-      config = ml_collections.ConfigDict(config.to_dict())
-      config.optimizer.g_learning_rate *= scale
-      config.optimizer.d_learning_rate *= scale
-      config.allow_config_change = True
-
-
-def _train(config: ml_collections.ConfigDict, workdir: str) -> Any:
-  """One attempt of `train_and_evaluate`."""
-  validate_config(config)
-  input_pipeline.validate_dataset_config(config.dataset)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-
-  mesh = partitioning.create_mesh()
-  partitioning.check_batch_size(config.batch_size, mesh)
-
-  program = train_step_lib.build_program(config, mesh)
-  run_rng = jax.random.PRNGKey(config.seed)
-
-  checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
-      checkpoint_every=config.checkpoint_every)
-  restored = checkpointer.restore_latest(
-      checkpointing.abstract_with_shardings(program.abstract_state,
-                                            program.state_sharding))
-  if restored is not None:
-    state, meta = restored
-    checkpointing.check_resume_config(meta['config'], config)
-    print(f'Resuming from step {int(state.step)} in {workdir}.', flush=True)
-  else:
-    state = program.init(run_rng)
-    if config.init_from:
-      state = _with_weights_from(state, config.init_from, program.state_sharding)
-      print(f'Initialized weights from {config.init_from}.', flush=True)
-  start_step = int(state.step)
-
   local_batch_size = config.batch_size // jax.process_count()
   dataset = input_pipeline.create_dataset(
       config.dataset, local_batch_size=config.n_critic * local_batch_size,
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), start_batch=start_step)
-  batches = dataset.as_numpy_iterator()
+  for batch in dataset.as_numpy_iterator():
+    images = batch['image']
+    yield images.reshape((config.n_critic, local_batch_size) +
+                         images.shape[1:])
 
-  sample_z = jax.random.normal(
-      jax.random.PRNGKey(config.seed + _SAMPLE_SEED_OFFSET),
-      (config.num_samples, config.model.latent_dim))
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-  if start_step == 0:
-    writer.write_hparams(checkpointing.flatten_config(config.to_dict()))
+def _run_metadata(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
+  """The `meta` stored beside each checkpoint."""
+  return {
+      'config': config.to_dict(),
+      'step': step,
+      # The input pipeline is a pure function of (seed, process count,
+      # position), so the number of local batches consumed is the whole data
+      # state.
+      'data_batches_consumed': step,
+      'images_seen': step * config.n_critic * config.batch_size,
+  }
 
-  def next_local_batch():
-    images = next(batches)['image']
-    return images.reshape((config.n_critic, local_batch_size) + images.shape[1:])
 
-  images_per_step = config.n_critic * config.batch_size
-  meter = monitoring.ThroughputMeter(start_step, images_per_step)
-  started = time.perf_counter()
-  print(f'Training {config.model.generator}/{config.model.discriminator} '
-        f'({config.loss.name}, penalty {config.loss.penalty}) at '
-        f'{config.dataset.resolution}x{config.dataset.resolution} on '
-        f'{mesh.devices.size} {jax.default_backend()} device(s), '
-        f'steps {start_step}->{config.num_train_steps}, workdir {workdir}',
-        flush=True)
+def _non_finite_error(step: int, means: dict[str, float]) -> NonFiniteLossError:
+  bad = sorted(k for k, v in means.items() if not np.isfinite(v))
+  return NonFiniteLossError(
+      f'Non-finite values at step {step}: '
+      + ', '.join(f'{k}={means[k]}' for k in bad) +
+      '. The last checkpoint in the workdir is from before this; lower the '
+      'learning rates (optimizer.g_learning_rate / d_learning_rate) or '
+      'enable optimizer.grad_clip_norm and resume (or set '
+      'nan_rollback_lr_scale to do so automatically).')
 
-  hooks = []
-  if jax.process_index() == 0:
-    hooks.append(periodic_actions.ReportProgress(
-        num_train_steps=config.num_train_steps, writer=writer,
-        every_steps=config.log_every))
-    if config.profile_steps:
-      hooks.append(periodic_actions.Profile(
-          logdir=workdir, num_profile_steps=config.profile_steps,
-          first_profile=start_step + 2, every_secs=None))
 
-  evaluator = training_evaluator.TrainingEvaluator(config, program, workdir)
-  if config.eval_every:
-    evaluator.prepare(start_step)  # fail fast: weights, reference statistics
+class _Loop:
+  """The body of a run: step, report, sample, evaluate, save, stop.
 
-  step = start_step
-  try:
-    with _StopRequest() as stop:
-      while step < config.num_train_steps:
-        local_images = next_local_batch()
-        if step == 0:
-          writer.write_images(0, {'real_images': monitoring.image_grid(
-              local_images[0][:config.num_samples])[None]})
-        state, metrics = program.step(
-            state, partitioning.make_global_batch(local_images, mesh, batch_axis=1))
-        step += 1
-        for hook in hooks:
-          hook(step)
-        if step == start_step + 1:
-          # Time the rest without the compilation the first step paid for.
-          jax.block_until_ready(state.step)
-          print(f'Step {step} done in {time.perf_counter() - started:.1f}s '
-                '(includes compilation).', flush=True)
-          meter = monitoring.ThroughputMeter(step, images_per_step)
-        # Read once: a signal arriving later in this step is handled next step.
-        stopping = stop.requested
-        last = step == config.num_train_steps
-        log = step % config.log_every == 0 or last
-        save = checkpointer.should_save(step) or last or stopping
-        if log or save:
-          # The only host sync: metrics leave the device at log and save steps,
-          # and a non-finite state is never written over a good checkpoint.
-          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          _check_finite(step, scalars)
-        if log:
-          scalars.update(meter.mark(step))
-          scalars.update(monitoring.device_memory())
-          writer.write_scalars(step, scalars)
-          print(monitoring.progress_line(step, config.num_train_steps, scalars),
-                flush=True)
-        if step % config.sample_every == 0 or last:
-          _write_sample_grids(writer, program.sample, state, sample_z, workdir,
-                              step)
-        scores = (evaluator(state, step, force=last) if config.eval_every
-                  else None)
-        if scores is not None:
-          writer.write_scalars(step, {f'eval/{k}': v for k, v in scores.items()
-                                      if isinstance(v, (int, float))})
-          print(f'step {step}  FID {scores.get("fid", float("nan")):.3f}  '
-                f'(best {evaluator.best_fid:.3f} at step {evaluator.best_step})',
-                flush=True)
-        new_best = scores is not None and evaluator.best_step == step
-        if save or new_best:
-          checkpointer.save(state, _run_metadata(config, step),
-                            force=last or stopping or new_best)
-        if new_best:
-          checkpointer.keep_as_best(step, os.path.join(workdir, 'best'))
-        if stopping:
-          print(f'Stopped at step {step}; checkpoint saved. Run the same command '
-                'to resume.', flush=True)
-          break
-  finally:
-    # Also on errors: an in-flight async save completes, never half-written.
-    checkpointer.close()
-  writer.flush()
-  return state
+  Every process runs it alike; process 0 alone writes TensorBoard events and
+  PNGs, and all take part in checkpoint saves and evaluations.
+  """
+
+  def __init__(self, config, program, mesh, checkpointer, workdir):
+    self.config = config
+    self.program = program
+    self.mesh = mesh
+    self.checkpointer = checkpointer
+    self.workdir = workdir
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0)
+    self.meter = monitoring.ThroughputMeter(config.n_critic * config.batch_size)
+    self.evaluator = periodic_evaluation.PeriodicEvaluator(
+        config, program, workdir)
+    self.summary = None  # metric_summary.MetricSummary since the last log.
+    self.sample_z = jax.random.normal(
+        jax.random.PRNGKey(config.seed + _SAMPLE_SEED_OFFSET),
+        (config.num_samples, config.model.latent_dim))
+
+  def run(self, state):
+    config = self.config
+    start_step = step = int(state.step)
+    if start_step == 0:
+      self.writer.write_hparams(
+          checkpointing.flatten_config(config.to_dict()))
+    if config.eval_every:
+      self.evaluator.prepare(start_step)  # Fail fast: weights, reference.
+    profile = None
+    if config.profile_steps and jax.process_index() == 0:
+      profile = monitoring.ProfileWindow(self.workdir, start_step + 2,
+                                         config.profile_steps)
+    started = time.perf_counter()
+    batches = _local_batches(config, start_step)
+    try:
+      with _StopRequest() as stop:
+        while step < config.num_train_steps:
+          local_images = next(batches)
+          if step == 0:
+            self.writer.write_images(0, {'real_images': monitoring.image_grid(
+                local_images[0][:config.num_samples])[None]})
+          state, metrics = self.program.step(
+              state, partitioning.make_global_batch(local_images, self.mesh,
+                                                    batch_axis=1))
+          self.summary = metric_summary.accumulate(self.summary, metrics,
+                                                   state.step)
+          step += 1
+          if profile:
+            profile(step, state)
+          if step == start_step + 1:
+            # Time the rest without the compilation the first step paid for.
+            jax.block_until_ready(state.step)
+            print(f'Step {step} done in {time.perf_counter() - started:.1f}s '
+                  '(includes compilation).', flush=True)
+            self.meter.start(step)
+          # Read once: a signal arriving later is handled after the next step.
+          stopping = stop.requested
+          self._after_step(state, step, stopping)
+          if stopping:
+            print(f'Stopped at step {step}; checkpoint saved. Run the same '
+                  'command to resume.', flush=True)
+            break
+    finally:
+      if profile:
+        profile.close()
+      self.evaluator.close()
+    self.writer.flush()
+    return state
+
+  def _after_step(self, state, step: int, stopping: bool) -> None:
+    """Reports, samples, evaluates and saves as due at `step`."""
+    config = self.config
+    last = step == config.num_train_steps
+    log = step % config.log_every == 0 or last
+    save = self.checkpointer.should_save(step) or last or stopping
+    if log or save:
+      # Metrics leave the device only here, and a non-finite state is never
+      # written over a good checkpoint.
+      self._check_finite()
+    if log:
+      self._report(step)
+    if step % config.sample_every == 0 or last:
+      self._write_sample_grids(state, step)
+    scores = self.evaluator(state, step, force=last) if config.eval_every else None
+    if save:
+      self.checkpointer.save(state, _run_metadata(config, step),
+                             force=last or stopping)
+    if scores is not None:
+      self._report_scores(state, step, scores)
+
+  def _check_finite(self) -> None:
+    bad_step = metric_summary.first_nonfinite_step(self.summary)
+    if bad_step is not None:
+      raise _non_finite_error(bad_step, metric_summary.means(self.summary))
+
+  def _report(self, step: int) -> None:
+    """Writes the interval's mean metrics, speed and memory; resets the sums."""
+    scalars = metric_summary.means(self.summary)
+    self.summary = None
+    scalars.update(self.meter.mark(step))
+    scalars.update(monitoring.device_memory())
+    self.writer.write_scalars(step, scalars)
+    print(monitoring.progress_line(step, self.config.num_train_steps, scalars),
+          flush=True)
+
+  def _write_sample_grids(self, state, step: int) -> None:
+    grids = {}
+    for name, use_ema in (('samples', False), ('samples_ema', True)):
+      params, stats = state.generator_variables(use_ema)
+      images = jax.device_get(self.program.sample(params, stats, self.sample_z))
+      grids[name] = monitoring.image_grid(images)
+    if jax.process_index() == 0:
+      for name, prefix in (('samples_ema', 'ema'), ('samples', 'raw')):
+        monitoring.save_png(grids[name], os.path.join(
+            self.workdir, 'samples', f'{prefix}_{step:07d}.png'))
+    self.writer.write_images(step, {k: v[None] for k, v in grids.items()})
+
+  def _report_scores(self, state, step: int, scores: dict[str, float]) -> None:
+    """TensorBoard eval/*, a console line, and the best checkpoint."""
+    evaluator = self.evaluator
+    self.writer.write_scalars(step, {f'eval/{k}': v for k, v in scores.items()
+                                     if isinstance(v, (int, float))})
+    print(f'step {step}  FID {scores.get("fid", float("nan")):.3f}  '
+          f'(best {evaluator.best_fid:.3f} at step {evaluator.best_step})',
+          flush=True)
+    if evaluator.best_step == step:
+      evaluator.keep_best(state, _run_metadata(self.config, step))

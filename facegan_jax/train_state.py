@@ -23,6 +23,9 @@ class TrainState:
     batch_stats: non-trainable model state, {'generator': ...,
       'discriminator': ...} (batch-norm averages, spectral-norm vectors);
       empty dicts for models without any.
+    ema_batch_stats: the generator's non-trainable state averaged with the
+      same decay as ema_params, so the EMA generator normalizes with
+      statistics of the weights it runs with, not of the raw generator's.
     rng: base PRNG key (raw uint32[2]); each step derives its own by
       fold_in(rng, step), so a resumed run draws the same numbers.
   """
@@ -33,4 +36,11 @@ class TrainState:
   d_opt_state: PyTree
   ema_params: PyTree
   batch_stats: PyTree
+  ema_batch_stats: PyTree
   rng: jax.Array
+
+  def generator_variables(self, use_ema: bool = True) -> tuple[PyTree, PyTree]:
+    """(params, batch_stats) of the EMA generator, or of the raw one."""
+    if use_ema:
+      return self.ema_params, self.ema_batch_stats
+    return self.g_params, self.batch_stats['generator']

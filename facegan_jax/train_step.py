@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from facegan_jax import losses
-from input_pipeline.diffaugment import diff_augment
+from facegan_jax.diffaugment import diff_augment
 from facegan_jax import models
 from facegan_jax import optimizers
 from facegan_jax import partitioning
@@ -73,11 +73,157 @@ def init_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
       d_params=d_params,
       g_opt_state=g_tx.init(g_params),
       d_opt_state=d_tx.init(d_params),
-      # A copy, not an alias: the step donates the state's buffers.
+      # Copies, not aliases: the step donates the state's buffers.
       ema_params=jax.tree_util.tree_map(jnp.copy, g_params),
       batch_stats={'generator': g_vars.get('batch_stats', {}),
                    'discriminator': d_vars.get('batch_stats', {})},
+      ema_batch_stats=jax.tree_util.tree_map(
+          jnp.copy, g_vars.get('batch_stats', {})),
       rng=run_rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class GanUpdate:
+  """The pieces of one GAN iteration, each a pure function of its arguments.
+
+  `critic_phase` and `generator_phase` are the two halves of a step (the
+  benchmarks time them apart); the other methods are what they are built of.
+  Built by `make_train_phases`.
+
+  Attributes:
+    generator, discriminator: modules from `create_models`.
+    g_tx, d_tx, g_schedule, d_schedule: from `create_optimizers`.
+    config: the run's config.
+    mesh: if given, latent vectors and generated images are kept split over
+      its `data` axis, so every device generates its own share.
+  """
+  generator: nn.Module
+  discriminator: nn.Module
+  g_tx: optax.GradientTransformation
+  d_tx: optax.GradientTransformation
+  g_schedule: optax.Schedule
+  d_schedule: optax.Schedule
+  config: ml_collections.ConfigDict
+  mesh: Mesh | None = None
+
+  def augment(self, images: jax.Array, rng: jax.Array) -> jax.Array:
+    """DiffAugment: the critic sees real and fake through the same random,
+    differentiable transforms, so gradients reach the generator through them."""
+    policy = self.config.dataset.diffaugment
+    return diff_augment(images, rng, policy) if policy else images
+
+  def shard_batch(self, x: jax.Array) -> jax.Array:
+    if self.mesh is None:
+      return x
+    return jax.lax.with_sharding_constraint(
+        x, partitioning.batch_sharding(self.mesh))
+
+  def generate(self, g_params, g_stats, z):
+    """Images [B, H, W, 3] in training mode, and the updated batch stats."""
+    images, updates = self.generator.apply(
+        _variables(g_params, g_stats), self.shard_batch(z), train=True,
+        mutable=['batch_stats'])
+    return self.shard_batch(images), updates.get('batch_stats', g_stats)
+
+  def critic(self, d_params, d_stats, images, train: bool):
+    """Scores [B] and the updated critic stats."""
+    scores, updates = self.discriminator.apply(
+        _variables(d_params, d_stats), images, train=train,
+        mutable=['batch_stats'])
+    return scores, updates.get('batch_stats', d_stats)
+
+  def critic_loss(self, d_params, d_stats, real, fake, penalty_rng):
+    """The critic's objective with penalty and drift; (loss, (stats, aux))."""
+    loss_config = self.config.loss
+    real_scores, stats = self.critic(d_params, d_stats, real, train=True)
+    fake_scores, stats = self.critic(d_params, stats, fake, train=True)
+    adversarial = losses.critic_loss(loss_config.name, real_scores,
+                                     fake_scores, loss_config.label_smoothing)
+    critic_fn = lambda x: self.critic(d_params, stats, x, train=False)[0]
+    penalty = losses.penalty(loss_config.penalty, critic_fn, real, fake,
+                             penalty_rng, loss_config.penalty_weight)
+    drift = loss_config.drift_weight * jnp.mean(jnp.square(real_scores))
+    d_real, d_fake = fake_scores.mean(), real_scores.mean()  # MUTANT
+    aux = dict(penalty=penalty, d_real=d_real, d_fake=d_fake,
+               wasserstein=d_real - d_fake)
+    return adversarial + penalty + drift, (stats, aux)
+
+  def critic_update(self, g_params, g_stats, carry, inputs):
+    """One critic update on one real batch: a `lax.scan` body."""
+    d_params, d_opt_state, d_stats = carry
+    real, rng = inputs
+    z_rng, penalty_rng, real_aug_rng, fake_aug_rng = jax.random.split(rng, 4)
+    z = jax.random.normal(z_rng, (real.shape[0], self.config.model.latent_dim))
+    fake = jax.lax.stop_gradient(self.generate(g_params, g_stats, z)[0])
+    (loss, (d_stats, aux)), grads = jax.value_and_grad(
+        self.critic_loss, has_aux=True)(
+            d_params, d_stats, self.augment(real, real_aug_rng),
+            self.augment(fake, fake_aug_rng), penalty_rng)
+    updates, d_opt_state = self.d_tx.update(grads, d_opt_state, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+    metrics = dict(aux, d_loss=loss, d_grad_norm=optax.tree.norm(grads))
+    return (d_params, d_opt_state, d_stats), metrics
+
+  def critic_phase(self, state: TrainState, images: jax.Array
+                   ) -> tuple[TrainState, Metrics]:
+    """n_critic critic updates, one per real batch of images [n_critic, B, ...]."""
+    critic_rng, _, _ = _step_rngs(state)
+    (d_params, d_opt_state, d_stats), metrics = jax.lax.scan(
+        functools.partial(self.critic_update, state.g_params,
+                          state.batch_stats['generator']),
+        (state.d_params, state.d_opt_state, state.batch_stats['discriminator']),
+        (images, jax.random.split(critic_rng, images.shape[0])))
+    state = state.replace(
+        d_params=d_params, d_opt_state=d_opt_state,
+        batch_stats={'generator': state.batch_stats['generator'],
+                     'discriminator': d_stats})
+    metrics = {k: v.mean() for k, v in metrics.items()}
+    metrics['d_lr'] = jnp.asarray(self.d_schedule(state.step), jnp.float32)
+    return state, metrics
+
+  def generator_phase(self, state: TrainState, batch_size: int
+                      ) -> tuple[TrainState, Metrics]:
+    """One generator update on `batch_size` fresh latents, the EMA, step + 1."""
+    _, g_rng, g_aug_rng = _step_rngs(state)
+    z = jax.random.normal(g_rng, (batch_size, self.config.model.latent_dim))
+    d_stats = state.batch_stats['discriminator']
+
+    def loss_fn(g_params):
+      fake, g_stats = self.generate(g_params, state.batch_stats['generator'], z)
+      scores, _ = self.critic(state.d_params, d_stats,
+                              self.augment(fake, g_aug_rng), train=True)
+      return losses.generator_loss(self.config.loss.name, scores), g_stats
+
+    (g_loss, g_stats), g_grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.g_params)
+    updates, g_opt_state = self.g_tx.update(g_grads, state.g_opt_state,
+                                            state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+    average = functools.partial(_moving_average,
+                                _ema_decay(self.config.ema_decay, state.step))
+    new_state = state.replace(
+        step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state,
+        ema_params=average(state.ema_params, g_params),
+        ema_batch_stats=average(state.ema_batch_stats, g_stats),
+        batch_stats={'generator': g_stats, 'discriminator': d_stats})
+    metrics = dict(g_loss=g_loss, g_grad_norm=optax.tree.norm(g_grads),
+                   g_lr=jnp.asarray(self.g_schedule(state.step), jnp.float32))
+    return new_state, metrics
+
+
+def _step_rngs(state: TrainState) -> jax.Array:
+  """Keys for (critic, generator, generator augmentation) of this step."""
+  return jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
+
+
+def _ema_decay(decay: float, step: jax.Array) -> jax.Array:
+  # Warm-up: the average forgets the random init quickly in short runs.
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def _moving_average(decay, average, new):
+  return jax.tree_util.tree_map(
+      lambda a, x: decay * a + (1.0 - decay) * x, average, new)
 
 
 def make_train_phases(config: ml_collections.ConfigDict,
@@ -88,127 +234,15 @@ def make_train_phases(config: ml_collections.ConfigDict,
                       mesh: Mesh | None = None):
   """The two halves of a step, as pure functions (not yet jitted).
 
-  Args:
-    config: the run's config.
-    generator, discriminator: modules from `create_models`.
-    g_tx, d_tx, g_schedule, d_schedule: from `create_optimizers`.
-    mesh: if given, latent vectors and generated images are kept split over
-      its `data` axis, so every device generates its own share.
-
   Returns:
     critic_phase(state, images [n_critic, B, H, W, C]) -> (state, metrics):
       n_critic critic updates in a lax.scan, each on its own real batch.
     generator_phase(state, B) -> (state, metrics): one generator update on B
       fresh latents, the EMA update, and step + 1.
   """
-  loss_config = config.loss
-  latent_dim = config.model.latent_dim
-  ema_decay = config.ema_decay
-  augmentation = config.dataset.diffaugment
-
-  def augment(images, rng):
-    # DiffAugment: the critic sees real and fake through the same random,
-    # differentiable transforms, so gradients reach the generator through them.
-    return diff_augment(images, rng, augmentation) if augmentation else images
-
-  def shard_batch(x):
-    if mesh is None:
-      return x
-    return jax.lax.with_sharding_constraint(
-        x, partitioning.batch_sharding(mesh))
-
-  def generate(g_params, g_stats, z):
-    images, updates = generator.apply(
-        _variables(g_params, g_stats), shard_batch(z), train=True,
-        mutable=['batch_stats'])
-    return shard_batch(images), updates.get('batch_stats', g_stats)
-
-  def critic(d_params, d_stats, images, train):
-    scores, updates = discriminator.apply(
-        _variables(d_params, d_stats), images, train=train,
-        mutable=['batch_stats'])
-    return scores, updates.get('batch_stats', d_stats)
-
-  def critic_update(g_params, g_stats, carry, inputs):
-    d_params, d_opt_state, d_stats = carry
-    real, rng = inputs
-    z_rng, penalty_rng, real_aug_rng, fake_aug_rng = jax.random.split(rng, 4)
-    z = jax.random.normal(z_rng, (real.shape[0], latent_dim))
-    fake = jax.lax.stop_gradient(generate(g_params, g_stats, z)[0])
-    real = augment(real, real_aug_rng)
-    fake = augment(fake, fake_aug_rng)
-
-    def loss_fn(d_params):
-      real_scores, stats = critic(d_params, d_stats, real, train=True)
-      fake_scores, stats = critic(d_params, stats, fake, train=True)
-      adversarial = losses.critic_loss(loss_config.name, real_scores,
-                                       fake_scores, loss_config.label_smoothing)
-      critic_fn = lambda x: critic(d_params, stats, x, train=False)[0]
-      penalty = losses.penalty(loss_config.penalty, critic_fn, real, fake,
-                               penalty_rng, loss_config.penalty_weight)
-      drift = loss_config.drift_weight * jnp.mean(jnp.square(real_scores))
-      d_real, d_fake = real_scores.mean(), fake_scores.mean()
-      aux = dict(penalty=penalty, d_real=d_real, d_fake=d_fake,
-                 wasserstein=d_real - d_fake)
-      return adversarial + penalty + drift, (stats, aux)
-
-    (loss, (d_stats, aux)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(d_params)
-    updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
-    d_params = optax.apply_updates(d_params, updates)
-    metrics = dict(aux, d_loss=loss, d_grad_norm=optax.tree.norm(grads))
-    return (d_params, d_opt_state, d_stats), metrics
-
-  def split_rng(state):
-    step_rng = jax.random.fold_in(state.rng, state.step)
-    return jax.random.split(step_rng, 3)  # critic, generator, g augmentation
-
-  def critic_phase(state: TrainState, images: jax.Array):
-    critic_rng, _, _ = split_rng(state)
-    (d_params, d_opt_state, d_stats), metrics = jax.lax.scan(
-        functools.partial(critic_update, state.g_params,
-                          state.batch_stats['generator']),
-        (state.d_params, state.d_opt_state, state.batch_stats['discriminator']),
-        (images, jax.random.split(critic_rng, images.shape[0])))
-    state = state.replace(
-        d_params=d_params, d_opt_state=d_opt_state,
-        batch_stats={'generator': state.batch_stats['generator'],
-                     'discriminator': d_stats})
-    metrics = {k: v.mean() for k, v in metrics.items()}
-    metrics['d_lr'] = jnp.asarray(d_schedule(state.step), jnp.float32)
-    return state, metrics
-
-  def generator_phase(state: TrainState, batch_size: int):
-    _, g_rng, g_aug_rng = split_rng(state)
-    z = jax.random.normal(g_rng, (batch_size, latent_dim))
-    g_stats = state.batch_stats['generator']
-    d_stats = state.batch_stats['discriminator']
-
-    def g_loss_fn(g_params):
-      fake, new_g_stats = generate(g_params, g_stats, z)
-      scores, _ = critic(state.d_params, d_stats, augment(fake, g_aug_rng),
-                         train=True)
-      return losses.generator_loss(loss_config.name, scores), new_g_stats
-
-    (g_loss, g_stats), g_grads = jax.value_and_grad(
-        g_loss_fn, has_aux=True)(state.g_params)
-    updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
-                                       state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
-    # Warm-up: the average forgets the random init quickly in short runs.
-    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-    ema_params = jax.tree_util.tree_map(
-        lambda ema, new: decay * ema + (1.0 - decay) * new,
-        state.ema_params, g_params)
-    new_state = state.replace(
-        step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state,
-        ema_params=ema_params,
-        batch_stats={'generator': g_stats, 'discriminator': d_stats})
-    metrics = dict(g_loss=g_loss, g_grad_norm=optax.tree.norm(g_grads),
-                   g_lr=jnp.asarray(g_schedule(state.step), jnp.float32))
-    return new_state, metrics
-
-  return critic_phase, generator_phase
+  update = GanUpdate(generator, discriminator, g_tx, d_tx, g_schedule,
+                     d_schedule, config, mesh)
+  return update.critic_phase, update.generator_phase
 
 
 def make_train_step(*args, **kwargs

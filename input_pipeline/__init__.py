@@ -4,13 +4,12 @@
   validate_dataset_config(dataset_config)
 
 Sources (`dataset.source`): 'procedural' (built-in, offline), 'folder' (made
-by `python -m input_pipeline.prepare`) and 'tfds'. `diffaugment` holds the
-on-device, pure-JAX DiffAugment.
+by `python -m input_pipeline.prepare`) and 'tfds'. DiffAugment runs on the
+device inside the train step, so it lives in `facegan_jax.diffaugment`.
 
 Importing this package stays light (no TensorFlow) until one of the two
-functions above is used: the train step imports `input_pipeline.diffaugment`
-on machines without TensorFlow, and the dataset tool's worker processes
-import `input_pipeline.image_files` and must start fast.
+functions above is used: the dataset tool's worker processes import
+`input_pipeline.image_files` and must start fast.
 """
 
 _LAZY = ('create_dataset', 'validate_dataset_config')

@@ -19,15 +19,15 @@ would have.
 import ml_collections
 import tensorflow as tf
 
+from facegan_jax import diffaugment
+from facegan_jax import models
 from input_pipeline import augment
 from input_pipeline import crops
-from input_pipeline import diffaugment
 from input_pipeline import prepare
 from input_pipeline import procedural
 from input_pipeline import sources
 
 SOURCES = ('procedural', 'folder', 'tfds')
-MIN_RESOLUTION, MAX_RESOLUTION = 32, 256
 _PHILOX = tf.random.Algorithm.PHILOX
 _FOREVER = 1 << 62
 # Images dataset.standardize measures when no manifest holds the statistics.
@@ -43,11 +43,11 @@ def validate_dataset_config(dataset_config: ml_collections.ConfigDict) -> None:
   if source not in SOURCES:
     raise ValueError(f'dataset.source={source!r} is not valid; choose one '
                      f'of: {", ".join(SOURCES)}.')
-  if (not isinstance(resolution, int) or resolution < MIN_RESOLUTION or
-      resolution > MAX_RESOLUTION or resolution & (resolution - 1)):
+  if not isinstance(resolution, int) or resolution not in models.RESOLUTIONS:
     raise ValueError(
         f'dataset.resolution={resolution!r} is not valid; use a power of two '
-        f'from {MIN_RESOLUTION} to {MAX_RESOLUTION} (32, 64, 128, 256).')
+        f'from {models.MIN_RESOLUTION} to {models.MAX_RESOLUTION} '
+        f'({", ".join(map(str, models.RESOLUTIONS))}).')
   if dataset_config.shuffle_buffer < 1:
     raise ValueError(f'dataset.shuffle_buffer must be >= 1, got '
                      f'{dataset_config.shuffle_buffer}.')

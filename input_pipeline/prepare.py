@@ -299,6 +299,9 @@ def _write_shards(src: str, out: str, paths: list[str], settings: dict,
 
 
 def _parser() -> argparse.ArgumentParser:
+  # The models own the resolutions training accepts. Imported here, not at
+  # the top: the spawned workers re-import this module and need no jax.
+  from facegan_jax import models  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog='python -m input_pipeline.prepare',
       description=__doc__.split('\n\n')[0].strip() + (
@@ -320,7 +323,8 @@ def _parser() -> argparse.ArgumentParser:
                       help='output folder for the shards and manifest.json')
   parser.add_argument('--resolution', type=int, required=True,
                       help='side of the square output images, e.g. 64 '
-                           '(training needs a power of two, 32..256)')
+                           '(training needs one of '
+                           f'{", ".join(map(str, models.RESOLUTIONS))})')
   parser.add_argument('--crop', default='center', choices=crops.CROPS,
                       help="'center': largest centred square; 'celeba': the "
                            'aligned-CelebA face crop (140x140 of 178x218, '

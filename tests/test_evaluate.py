@@ -20,13 +20,13 @@ import pytest
 from PIL import Image
 
 from facegan_jax import evaluate
-from facegan_jax import evaluation
+from facegan_jax import scoring
 from facegan_jax import metrics
 from facegan_jax import partitioning
-from facegan_jax import restore
+from facegan_jax import saved_run
 from facegan_jax import train
 from facegan_jax import train_step
-from facegan_jax import training_evaluator
+from facegan_jax import periodic_evaluation
 from facegan_jax.metrics import inception
 from tests.tiny import tiny_config
 
@@ -103,7 +103,7 @@ def test_cli_identical_folders_give_zero_fid_and_one_json_object(
                 f'--fake_dir={folders / "real"}', env_cache=cache)
   assert result.returncode == 0, result.stderr
   scores = _one_json_object(result.stdout)
-  for key in evaluation.SCORE_KEYS + PROVENANCE_KEYS:
+  for key in scoring.SCORE_KEYS + PROVENANCE_KEYS:
     assert key in scores, key
   assert scores['num_real'] == scores['num_fake'] == 8
   # Eigenvalue round-off of the rank-7 covariances: ~1e-6 of their trace.
@@ -161,8 +161,8 @@ def tiny_program():
 
 def test_generated_samples_do_not_depend_on_batch_size(tiny_program):
   config, program, state = tiny_program
-  by_3 = list(evaluation.generate_images(config, program, state, 8, 3))
-  by_8 = list(evaluation.generate_images(config, program, state, 8, 8))
+  by_3 = list(scoring.generate_images(config, program, state, 8, 3))
+  by_8 = list(scoring.generate_images(config, program, state, 8, 8))
   assert [b.shape[0] for b in by_3] == [3, 3, 2]
   assert by_8[0].dtype == np.uint8 and by_8[0].shape == (8, 32, 32, 3)
   np.testing.assert_array_equal(np.concatenate(by_3), by_8[0])
@@ -173,7 +173,7 @@ def test_generated_samples_do_not_depend_on_batch_size(tiny_program):
   image = program.sample(state.ema_params, state.batch_stats['generator'], z5)
   np.testing.assert_array_equal(by_8[0][5],
                                 np.asarray(inception.to_pixels(image))[0])
-  other_seed = next(evaluation.generate_images(config, program, state, 8, 8,
+  other_seed = next(scoring.generate_images(config, program, state, 8, 8,
                                                seed=1))
   assert not np.array_equal(other_seed, by_8[0])
 
@@ -196,7 +196,7 @@ def test_cli_scores_a_checkpoint_repeatably(run_dir, extractor, cache):
                 '--metrics=fid,kid,pr', env_cache=cache)
   assert result.returncode == 0, result.stderr
   scores = _one_json_object(result.stdout)
-  for key in evaluation.SCORE_KEYS + PROVENANCE_KEYS + (
+  for key in scoring.SCORE_KEYS + PROVENANCE_KEYS + (
       'dataset_fingerprint', 'dataset', 'step'):
     assert key in scores, key
   assert scores['num_real'] == scores['num_fake'] == 8
@@ -218,9 +218,9 @@ def test_cli_scores_a_checkpoint_repeatably(run_dir, extractor, cache):
 
 def test_missing_checkpoint_step_lists_the_available_ones(run_dir, tmp_path):
   with pytest.raises(ValueError, match='available steps: 1'):
-    restore.restore_run(run_dir, step=99)
+    saved_run.restore_run(run_dir, step=99)
   with pytest.raises(ValueError, match='holds no checkpoints'):
-    restore.restore_run(str(tmp_path))
+    saved_run.restore_run(str(tmp_path))
 
 
 # --- In training ----------------------------------------------------------------
@@ -228,7 +228,6 @@ def test_missing_checkpoint_step_lists_the_available_ones(run_dir, tmp_path):
 
 def _eval_config():
   config = tiny_config(eval_every=2, eval_num_samples=8)
-  # Keys proposed for configs/default.py (see evaluation.EVAL_OPTION_DEFAULTS).
   config.eval_reference_images = 8
   config.eval_batch_size = BATCH
   config.eval_metrics = 'fid,kid'
@@ -239,7 +238,7 @@ def test_training_evaluator_scores_and_remembers_the_best(
     extractor, tiny_program, tmp_path):
   config = _eval_config()
   _, program, state = tiny_program  # Same models: eval_* keys change none.
-  evaluator = training_evaluator.TrainingEvaluator(config, program, str(tmp_path),
+  evaluator = periodic_evaluation.PeriodicEvaluator(config, program, str(tmp_path),
                                            extractor=extractor, progress=False)
   assert evaluator(state, 1) is None and math.isinf(evaluator.best_fid)
   scores = evaluator(state, 2)
@@ -254,11 +253,11 @@ def test_training_evaluator_scores_and_remembers_the_best(
 
   # A resumed run (new evaluator, same workdir) remembers the best of the
   # steps up to the one it restarts from, and only those.
-  resumed = training_evaluator.TrainingEvaluator(config, program, str(tmp_path),
+  resumed = periodic_evaluation.PeriodicEvaluator(config, program, str(tmp_path),
                                          extractor=extractor, progress=False)
   resumed.prepare(start_step=2)
   assert resumed.best_step == 2 and resumed.best_fid == scores['fid']
-  from_before = training_evaluator.TrainingEvaluator(
+  from_before = periodic_evaluation.PeriodicEvaluator(
       config, program, str(tmp_path), extractor=extractor, progress=False)
   from_before.prepare(start_step=1)
   assert from_before.best_step is None and math.isinf(from_before.best_fid)

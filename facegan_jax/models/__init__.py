@@ -6,9 +6,12 @@ Public entry points (the train step depends on exactly these):
   create_discriminator(model_config, resolution, dtype) -> nn.Module
   validate_model_config(model_config, resolution)
   GENERATORS, DISCRIMINATORS: valid model names.
+  COMPUTE_DTYPES: valid compute dtypes (config.dtype).
+  MIN_RESOLUTION, MAX_RESOLUTION, RESOLUTIONS: the image sides the models
+    build (config.dataset.resolution); the input pipeline imports them.
 
 Layers whose 'fast' implementation avoids XLA:CPU's slow convolution
-derivatives (see docs/cpu-performance.md): conv.Conv, upsample.ConvTranspose,
+derivatives (see docs/cpu_performance.md): conv.Conv, upsample.ConvTranspose,
 upsample.UpsampleConv, downsample.ConvMeanPool. Only jax/flax/numpy are
 imported here, so models run where TensorFlow is absent.
 """
@@ -21,11 +24,15 @@ from facegan_jax.models.factory import D_NORMS
 from facegan_jax.models.factory import DISCRIMINATORS
 from facegan_jax.models.factory import G_NORMS
 from facegan_jax.models.factory import GENERATORS
+from facegan_jax.models.factory import MAX_RESOLUTION
+from facegan_jax.models.factory import MIN_RESOLUTION
+from facegan_jax.models.factory import RESOLUTIONS
 from facegan_jax.models.factory import resolve_conv_impl
 from facegan_jax.models.factory import validate_model_config
 
 __all__ = [
     'COMPUTE_DTYPES', 'CONV_IMPLS', 'D_NORMS', 'DISCRIMINATORS', 'G_NORMS',
-    'GENERATORS', 'create_discriminator', 'create_generator',
+    'GENERATORS', 'MAX_RESOLUTION', 'MIN_RESOLUTION', 'RESOLUTIONS',
+    'create_discriminator', 'create_generator',
     'resolve_conv_impl', 'validate_model_config',
 ]

@@ -4,7 +4,7 @@ The WGAN-GP penalty differentiates the critic w.r.t. its input and then
 w.r.t. its parameters. On XLA:CPU the second-order gradient of a convolution
 lowers to convolutions with a reversed kernel window (`rhs_reversal` in the
 optimized HLO) that miss the fast library path and run 20-100x slower than
-the forward pass (docs/cpu-performance.md).
+the forward pass (docs/cpu_performance.md).
 
 `conv2d_fast` computes exactly `lax.conv_general_dilated` (NHWC input, HWIO
 kernel) as shifted slices concatenated on the channel axis followed by one
@@ -25,6 +25,7 @@ Cout], `bias` [Cout]); the kernel is rearranged inside the forward pass, so
 checkpoints do not depend on the implementation.
 """
 
+from collections.abc import Callable
 from collections.abc import Sequence
 import functools
 import math
@@ -40,7 +41,8 @@ IMPLS = ('fast', 'xla')
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 Array = jax.Array
 
-_DEFAULT_KERNEL_INIT = nn.initializers.lecun_normal()
+# flax nn.Conv's default, shared by every layer built on `conv_layer_forward`.
+DEFAULT_KERNEL_INIT = nn.initializers.lecun_normal()
 
 
 def check_impl(impl: str) -> None:
@@ -49,6 +51,14 @@ def check_impl(impl: str) -> None:
     raise ValueError(
         f'impl={impl!r} is not a convolution implementation; valid choices: '
         f'{", ".join(IMPLS)}.')
+
+
+def check_odd_kernel_size(layer: str, kernel_size: Sequence[int]) -> None:
+  """Raises ValueError unless both sides of `layer`'s kernel are odd."""
+  if any(k % 2 == 0 for k in kernel_size):
+    raise ValueError(
+        f'{layer} kernel_size={tuple(kernel_size)} must be odd in both '
+        "dimensions (a 'SAME' convolution centred on each pixel).")
 
 
 def explicit_padding(padding: PaddingLike, spatial_shape: Sequence[int],
@@ -254,13 +264,49 @@ def conv2d_xla(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
 
 
-def conv2d(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
-           padding: PaddingLike = 'SAME', impl: str = 'fast',
-           precision: Any = None) -> Array:
-  """`conv2d_fast` or `conv2d_xla`, by `impl`."""
-  check_impl(impl)
-  fn = conv2d_fast if impl == 'fast' else conv2d_xla
-  return fn(x, kernel, strides, padding, precision)
+LayerFn = Callable[..., Array]
+
+
+def conv_layer_forward(layer: nn.Module, x: Array, fast: LayerFn,
+                       xla: LayerFn) -> Array:
+  """The body of every convolution layer's `__call__`: parameters, dtype, bias.
+
+  Shared by `Conv`, `upsample.ConvTranspose`, `upsample.UpsampleConv` and
+  `downsample.ConvMeanPool` (a function, not a base module: dataclass
+  inheritance would put the base's fields before `strides` and `padding` and
+  change the positional signature `Conv(features, kernel_size, strides,
+  padding)`). Call it from the layer's `nn.compact` `__call__`; the
+  parameters it creates belong to `layer`.
+
+  Args:
+    layer: the calling module; reads its `features`, `kernel_size`,
+      `use_bias`, `impl`, `dtype`, `param_dtype`, `precision`,
+      `kernel_init` and `bias_init` fields.
+    x: [B, H, W, Cin].
+    fast: `fast(x, kernel, precision=...)`, the layer's function for
+      impl='fast'; kernel [kh, kw, Cin, features].
+    xla: the same function for impl='xla'.
+
+  Returns:
+    The chosen function of x and the kernel, plus the bias; computed in
+    `layer.dtype` (None: promoted from the input and parameter dtypes).
+    Parameters: `kernel` [kh, kw, Cin, features] and, if `use_bias`, `bias`
+    [features], in `param_dtype`: flax `nn.Conv`'s names and layout.
+  """
+  check_impl(layer.impl)
+  kh, kw = layer.kernel_size
+  kernel = layer.param('kernel', layer.kernel_init,
+                       (kh, kw, x.shape[-1], layer.features),
+                       layer.param_dtype)
+  bias = (layer.param('bias', layer.bias_init, (layer.features,),
+                      layer.param_dtype) if layer.use_bias else None)
+  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                            dtype=layer.dtype)
+  fn = fast if layer.impl == 'fast' else xla
+  y = fn(x, kernel, precision=layer.precision)
+  if bias is not None:
+    y = y + bias
+  return y
 
 
 class Conv(nn.Module):
@@ -289,22 +335,15 @@ class Conv(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   precision: Any = None
-  kernel_init: Any = _DEFAULT_KERNEL_INIT
+  kernel_init: Any = DEFAULT_KERNEL_INIT
   bias_init: Any = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """[B, H, W, Cin] -> [B, Ho, Wo, features]."""
-    check_impl(self.impl)
-    kh, kw = self.kernel_size
-    kernel = self.param('kernel', self.kernel_init,
-                        (kh, kw, x.shape[-1], self.features), self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,),
-                       self.param_dtype) if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
-                                              dtype=self.dtype)
-    y = conv2d(x, kernel, self.strides, self.padding, self.impl,
-               self.precision)
-    if bias is not None:
-      y = y + bias
-    return y
+    return conv_layer_forward(
+        self, x,
+        fast=functools.partial(conv2d_fast, strides=self.strides,
+                               padding=self.padding),
+        xla=functools.partial(conv2d_xla, strides=self.strides,
+                              padding=self.padding))

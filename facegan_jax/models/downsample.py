@@ -22,8 +22,6 @@ from facegan_jax.models import conv as conv_lib
 
 Array = jax.Array
 
-_DEFAULT_KERNEL_INIT = nn.initializers.lecun_normal()
-
 
 def mean_pool(x: Array) -> Array:
   """2x2 average pooling, stride 2: [B, H, W, C] -> [B, H/2, W/2, C]."""
@@ -98,26 +96,12 @@ class ConvMeanPool(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   precision: Any = None
-  kernel_init: Any = _DEFAULT_KERNEL_INIT
+  kernel_init: Any = conv_lib.DEFAULT_KERNEL_INIT
   bias_init: Any = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """[B, H, W, Cin] -> [B, H/2, W/2, features]."""
-    conv_lib.check_impl(self.impl)
-    kh, kw = self.kernel_size
-    if kh % 2 == 0 or kw % 2 == 0:
-      raise ValueError(
-          f'ConvMeanPool kernel_size={tuple(self.kernel_size)} must be odd '
-          "(a 'SAME' convolution centred on each pixel).")
-    kernel = self.param('kernel', self.kernel_init,
-                        (kh, kw, x.shape[-1], self.features), self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,),
-                       self.param_dtype) if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
-                                              dtype=self.dtype)
-    fn = conv_mean_pool_fast if self.impl == 'fast' else conv_mean_pool_xla
-    y = fn(x, kernel, self.precision)
-    if bias is not None:
-      y = y + bias
-    return y
+    conv_lib.check_odd_kernel_size('ConvMeanPool', self.kernel_size)
+    return conv_lib.conv_layer_forward(self, x, fast=conv_mean_pool_fast,
+                                       xla=conv_mean_pool_xla)

@@ -24,7 +24,13 @@ DISCRIMINATORS = ('dcgan', 'resnet', 'small_cnn')
 G_NORMS = normalization.G_NORMS
 D_NORMS = normalization.D_NORMS
 CONV_IMPLS = ('auto',) + conv_lib.IMPLS
+# The one definition of these two; config validation and the input pipeline
+# import them from here (facegan_jax.models), never the other way round.
 MIN_RESOLUTION, MAX_RESOLUTION = 32, 256
+# Every image side the models build: the powers of two in that range.
+RESOLUTIONS = tuple(2 ** i for i in range(int(math.log2(MIN_RESOLUTION)),
+                                          int(math.log2(MAX_RESOLUTION)) + 1))
+# Values of config.dtype (parameters stay float32 whatever it is).
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
@@ -55,14 +61,12 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
     value = getattr(model_config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f'model.{key}={value!r} must be a positive integer.')
-  valid_resolutions = [2 ** i for i in range(
-      int(math.log2(MIN_RESOLUTION)), int(math.log2(MAX_RESOLUTION)) + 1)]
   if (isinstance(resolution, bool) or
       not isinstance(resolution, numbers.Integral) or
-      resolution not in valid_resolutions):
+      resolution not in RESOLUTIONS):
     raise ValueError(
         f'dataset.resolution={resolution!r} is not supported; valid choices: '
-        f'{", ".join(map(str, valid_resolutions))}.')
+        f'{", ".join(map(str, RESOLUTIONS))}.')
   for key in ('generator', 'discriminator'):
     if (getattr(model_config, key) == 'resnet' and
         resolution < resnet.MIN_RESOLUTION):

@@ -7,7 +7,7 @@ a 'fast' one that computes the same function for XLA:CPU:
   padding='SAME')` (`lax.conv_transpose`, kernel not transposed), parameters
   `kernel` [kh, kw, Cin, Cout] and `bias` [Cout] as flax lays them out. Its
   weight gradient is a convolution that XLA:CPU runs on a slow generic path
-  (7 s of the 11.8 s first generator step in docs/cpu-performance.md).
+  (7 s of the 11.8 s first generator step in docs/cpu_performance.md).
 * `UpsampleConv`: nearest-neighbour x2 upsampling followed by a 'SAME'
   stride-1 convolution (the ResNet blocks of Gulrajani et al. 2017).
 
@@ -32,6 +32,7 @@ PyTorch `ConvTranspose2d(Cin, Cout, 4, stride=2, padding=1)` with weight `w`
 """
 
 from collections.abc import Sequence
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -46,8 +47,6 @@ Array = jax.Array
 # One output phase: (tap index, input offset) pairs. Output pixel s*m + r
 # sums tap plane `tap` at input pixel m + offset for every pair of phase r.
 _PhasePlan = list[tuple[int, int]]
-
-_DEFAULT_KERNEL_INIT = nn.initializers.lecun_normal()
 
 
 def _shift(plane: Array, di: int, dj: int) -> Array:
@@ -207,14 +206,6 @@ def upsample_conv_xla(x: Array, kernel: Array,
                              precision)
 
 
-def _odd_kernel_size(layer: str, kernel_size: Sequence[int]) -> None:
-  """Raises ValueError unless both kernel sides are odd."""
-  if any(k % 2 == 0 for k in kernel_size):
-    raise ValueError(
-        f'{layer} kernel_size={tuple(kernel_size)} must be odd in both '
-        "dimensions (a 'SAME' convolution centred on each pixel).")
-
-
 class ConvTranspose(nn.Module):
   """flax `nn.ConvTranspose(..., padding='SAME')`, same parameters.
 
@@ -238,25 +229,16 @@ class ConvTranspose(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   precision: Any = None
-  kernel_init: Any = _DEFAULT_KERNEL_INIT
+  kernel_init: Any = conv_lib.DEFAULT_KERNEL_INIT
   bias_init: Any = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """[B, H, W, Cin] -> [B, H * sh, W * sw, features]."""
-    conv_lib.check_impl(self.impl)
-    kh, kw = self.kernel_size
-    kernel = self.param('kernel', self.kernel_init,
-                        (kh, kw, x.shape[-1], self.features), self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,),
-                       self.param_dtype) if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
-                                              dtype=self.dtype)
-    fn = conv_transpose_fast if self.impl == 'fast' else conv_transpose_xla
-    y = fn(x, kernel, self.strides, self.precision)
-    if bias is not None:
-      y = y + bias
-    return y
+    return conv_lib.conv_layer_forward(
+        self, x,
+        fast=functools.partial(conv_transpose_fast, strides=self.strides),
+        xla=functools.partial(conv_transpose_xla, strides=self.strides))
 
 
 class UpsampleConv(nn.Module):
@@ -283,23 +265,12 @@ class UpsampleConv(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   precision: Any = None
-  kernel_init: Any = _DEFAULT_KERNEL_INIT
+  kernel_init: Any = conv_lib.DEFAULT_KERNEL_INIT
   bias_init: Any = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """[B, H, W, Cin] -> [B, 2H, 2W, features]."""
-    conv_lib.check_impl(self.impl)
-    _odd_kernel_size('UpsampleConv', self.kernel_size)
-    kh, kw = self.kernel_size
-    kernel = self.param('kernel', self.kernel_init,
-                        (kh, kw, x.shape[-1], self.features), self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,),
-                       self.param_dtype) if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
-                                              dtype=self.dtype)
-    fn = upsample_conv_fast if self.impl == 'fast' else upsample_conv_xla
-    y = fn(x, kernel, self.precision)
-    if bias is not None:
-      y = y + bias
-    return y
+    conv_lib.check_odd_kernel_size('UpsampleConv', self.kernel_size)
+    return conv_lib.conv_layer_forward(self, x, fast=upsample_conv_fast,
+                                       xla=upsample_conv_xla)

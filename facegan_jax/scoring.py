@@ -6,8 +6,8 @@
   result = evaluate_state(config, program, state, extractor, reference,
                           num_samples=10_000, metrics=('fid', 'kid'))
 
-`training_evaluator.TrainingEvaluator` does this every `config.eval_every`
-steps inside the training loop; `restore.restore_run` loads a run's config
+`periodic_evaluation.PeriodicEvaluator` does this every `config.eval_every`
+steps inside the training loop; `saved_run.restore_run` loads a run's config
 and state for the command-line tool (`python -m facegan_jax.evaluate`).
 
 Scores are repeatable: sample i always comes from the latent vector
@@ -51,23 +51,6 @@ METRIC_NAMES = {'fid': 'fid', 'kid': 'kid', 'is': 'is', 'pr': 'precision_recall'
 METRIC_KEYS = {'fid': ('fid',), 'kid': ('kid_mean', 'kid_std'),
                'is': ('is_mean', 'is_std'),
                'precision_recall': ('precision', 'recall')}
-
-# Evaluation keys the training loop reads, with their defaults. Until
-# configs/default.py defines them, a config without them gets these values;
-# this is the one place that falls back (see `eval_option`).
-EVAL_OPTION_DEFAULTS = {
-    'eval_metrics': 'fid',
-    'eval_batch_size': 64,
-    'eval_reference_images': 50_000,
-    'eval_weights': '',
-    'eval_cache_dir': '',
-}
-
-
-def eval_option(config: ml_collections.ConfigDict, name: str) -> Any:
-  """config.<name>, or its default from EVAL_OPTION_DEFAULTS if undefined."""
-  return config[name] if name in config else EVAL_OPTION_DEFAULTS[name]
-
 
 def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
   """'fid,kid,is,pr' (or a sequence, or 'all') -> compute_all's names.
@@ -154,8 +137,7 @@ def generate_images(config: ml_collections.ConfigDict,
   batch_size = -(-batch_size // num_processes) * num_processes
   latents = _latents_fn(mesh_of(program), batch_size, config.model.latent_dim)
   offset, scale = _pixel_normalization(config.dataset)
-  params = state.ema_params if use_ema else state.g_params
-  g_stats = state.batch_stats['generator']
+  params, g_stats = state.generator_variables(use_ema)
   key = jax.random.PRNGKey(seed)
   for start in range(0, num_samples, batch_size):
     images = _to_uint8(program.sample(params, g_stats, latents(key, start)),
@@ -267,7 +249,7 @@ def dataset_reference(config: ml_collections.ConfigDict,
   if num_images < 2:
     raise ValueError(f'The dataset has {size} images; FID needs at least 2 '
                      'reference images.')
-  batch_size = batch_size or eval_option(config, 'eval_batch_size')
+  batch_size = batch_size or config.eval_batch_size
   local_batch = max(1, batch_size // num_processes)
 
   def batches():
@@ -339,7 +321,7 @@ def evaluate_state(config: ml_collections.ConfigDict,
     fingerprint and description, metrics, seed, use_ema, step.
   """
   metrics = parse_metrics(metrics)
-  batch_size = batch_size or eval_option(config, 'eval_batch_size')
+  batch_size = batch_size or config.eval_batch_size
   started = time.perf_counter()
   fake_features, fake_logits = metrics_lib.extract_features(
       extractor,

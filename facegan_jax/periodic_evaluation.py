@@ -1,9 +1,11 @@
 """Evaluation inside the training loop: scores every eval_every steps.
 
-`TrainingEvaluator` keeps the Inception extractor and the reference
+`PeriodicEvaluator` keeps the Inception extractor and the reference
 statistics for the whole run, appends each result to
 `<workdir>/eval/scores.jsonl` and tracks the best FID (remembered across a
-resume) so the loop can keep the best checkpoint.
+resume); `keep_best` saves the best state as a real checkpoint in
+`<workdir>/best/<step>/` (an Orbax manager keeping the lowest FID), which
+`evaluate --workdir=W/best` and `init_from=W/best` load like any run.
 """
 
 import json
@@ -16,22 +18,26 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from facegan_jax import evaluation
+from facegan_jax import checkpointing
 from facegan_jax import metrics as metrics_lib
+from facegan_jax import scoring
 from facegan_jax import train_step as train_step_lib
 
 
-class TrainingEvaluator:
+class PeriodicEvaluator:
   """FID (and KID/IS/PR if config.eval_metrics asks) every eval_every steps.
 
   Use in the loop (every process, at every step):
 
-    evaluator = TrainingEvaluator(config, program, workdir)
+    evaluator = PeriodicEvaluator(config, program, workdir)
     if config.eval_every:
       evaluator.prepare(start_step)  # Fail fast; recall the best so far.
     ...
     scores = evaluator(state, step)  # None unless step % eval_every == 0.
-    if scores is not None and evaluator.best_step == step: ...keep it...
+    if scores is not None and evaluator.best_step == step:
+      evaluator.keep_best(state, meta)
+    ...
+    evaluator.close()
 
   The extractor and the reference statistics are built by `prepare()` (else
   on first use). Every process must call it at the same steps: all take
@@ -56,8 +62,8 @@ class TrainingEvaluator:
     self.program = program
     self.every = config.eval_every
     self.num_samples = config.eval_num_samples
-    self.metrics = evaluation.parse_metrics(
-        evaluation.eval_option(config, 'eval_metrics'))
+    self.metrics = scoring.parse_metrics(config.eval_metrics)
+    self.best_dir = os.path.join(workdir, 'best')
     self.scores_path = os.path.join(workdir, 'eval', 'scores.jsonl')
     self.progress = progress
     self.best_fid = math.inf
@@ -65,6 +71,7 @@ class TrainingEvaluator:
     self.last_result = None
     self._extractor = extractor
     self._reference = None
+    self._best_checkpointer = None
 
   def due(self, step: int) -> bool:
     """Whether `step` is an evaluation step."""
@@ -79,14 +86,14 @@ class TrainingEvaluator:
     """
     if self._extractor is None:
       self._extractor = metrics_lib.feature_extractor(
-          evaluation.mesh_of(self.program),
-          weights_path=(evaluation.eval_option(self.config, 'eval_weights')
+          scoring.mesh_of(self.program),
+          weights_path=(self.config.eval_weights
                         or None))
     if self._reference is None:
-      self._reference = evaluation.dataset_reference(
+      self._reference = scoring.dataset_reference(
           self.config, self._extractor,
-          evaluation.eval_option(self.config, 'eval_reference_images'),
-          cache_dir=(evaluation.eval_option(self.config, 'eval_cache_dir')
+          self.config.eval_reference_images,
+          cache_dir=(self.config.eval_cache_dir
                      or None),
           progress=self.progress)
       self._recall_best(start_step)
@@ -102,7 +109,7 @@ class TrainingEvaluator:
     if not (force or self.due(step)):
       return None
     self.prepare(start_step=step - 1)
-    result = evaluation.evaluate_state(
+    result = scoring.evaluate_state(
         self.config, self.program, state, self._extractor, self._reference,
         self.num_samples, self.metrics, progress=self.progress)
     result['step'] = int(step)
@@ -114,13 +121,31 @@ class TrainingEvaluator:
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(self.scores_path), exist_ok=True)
       with open(self.scores_path, 'a') as stream:
-        stream.write(json.dumps(evaluation.json_ready(result),
+        stream.write(json.dumps(scoring.json_ready(result),
                                 sort_keys=True) + '\n')
     scores = {key: float(result[key]) for name in self.metrics
-              for key in evaluation.METRIC_KEYS[name]}
+              for key in scoring.METRIC_KEYS[name]}
     if 'fid' in self.metrics:
       scores['best_fid'] = self.best_fid
     return scores
+
+  def keep_best(self, state: Any, meta: dict[str, Any]) -> None:
+    """Saves `state` (the best_step's) to best_dir; all processes call it.
+
+    Orbax writes it (every process its shards, one commit) and keeps only the
+    checkpoint with the lowest FID.
+    """
+    if self._best_checkpointer is None:
+      self._best_checkpointer = checkpointing.Checkpointer(
+          self.best_dir, keep=1, best_fn=lambda metrics: metrics['fid'])
+    self._best_checkpointer.save(state, meta, force=True,
+                                 metrics={'fid': self.best_fid})
+
+  def close(self) -> None:
+    """Waits for a best-checkpoint save in flight."""
+    if self._best_checkpointer is not None:
+      self._best_checkpointer.close()
+      self._best_checkpointer = None
 
   def _recall_best(self, start_step: int | None) -> None:
     """best_fid/best_step from earlier, comparable records of this run."""
@@ -133,7 +158,7 @@ class TrainingEvaluator:
         'dataset_fingerprint': self._reference.info['dataset_fingerprint'],
         'num_real': float(self._reference.features.shape[0]),
         'num_fake': float(self.num_samples),
-        'sample_seed': evaluation.EVAL_SEED,
+        'sample_seed': scoring.EVAL_SEED,
         'use_ema': True}
     with open(self.scores_path) as stream:
       for line in stream:
