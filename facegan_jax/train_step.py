@@ -143,7 +143,7 @@ class GanUpdate:
     penalty = losses.penalty(loss_config.penalty, critic_fn, real, fake,
                              penalty_rng, loss_config.penalty_weight)
     drift = loss_config.drift_weight * jnp.mean(jnp.square(real_scores))
-    d_real, d_fake = fake_scores.mean(), real_scores.mean()  # MUTANT
+    d_real, d_fake = real_scores.mean(), fake_scores.mean()
     aux = dict(penalty=penalty, d_real=d_real, d_fake=d_fake,
                wasserstein=d_real - d_fake)
     return adversarial + penalty + drift, (stats, aux)

@@ -6,6 +6,7 @@ not installed (an optional benchmark dependency; CI installs the CPU build).
 """
 
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -31,13 +32,14 @@ _REQUIRED_FIELDS = (
     'gflops_per_s', 'peak_gflops_per_s', 'torch_iteration_s', 'ratio')
 
 
+_TINY_ARGS = ('--config=configs/wgan_gp.py:res=32', '--config.batch_size=4',
+              '--config.model.g_width=2', '--config.model.d_width=2',
+              '--config.model.latent_dim=8', '--config.n_critic=2')
+
+
 def test_train_step_benchmark_prints_the_json_figures():
-  overrides = ['--config.batch_size=4', '--config.model.g_width=2',
-               '--config.model.d_width=2', '--config.model.latent_dim=8',
-               '--config.n_critic=2']
   result = subprocess.run(
-      [sys.executable, 'benchmarks/train_step.py',
-       '--config=configs/wgan_gp.py:res=32', *overrides, '--repeats=2',
+      [sys.executable, 'benchmarks/train_step.py', *_TINY_ARGS, '--repeats=2',
        '--torch_reference'],
       cwd=_ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -47,10 +49,78 @@ def test_train_step_benchmark_prints_the_json_figures():
   assert (figures['backend'], figures['batch_size']) == ('cpu', 4)
   for key in _REQUIRED_FIELDS[2:]:
     assert figures[key] > 0, key
-  assert figures['ratio'] == pytest.approx(
-      figures['iteration_s'] / figures['torch_iteration_s'])
-  assert figures['images_per_s'] == pytest.approx(
-      2 * 4 / figures['iteration_s'])
+
+
+@pytest.fixture(scope='module')
+def bench():
+  """benchmarks/train_step.py as a module (it defines absl flags: once)."""
+  path = os.path.join(_ROOT, 'benchmarks', 'train_step.py')
+  spec = importlib.util.spec_from_file_location('benchmark_train_step', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+class _FakeClock:
+  """Stands in for the `time` module: only sleep() moves it."""
+
+  def __init__(self):
+    self.now = 0.0
+
+  def perf_counter(self):
+    return self.now
+
+  def sleep(self, seconds):
+    self.now += seconds
+
+
+def test_interleaved_medians_of_known_durations(bench, monkeypatch):
+  clock = _FakeClock()
+  monkeypatch.setattr(bench, 'time', clock)
+  calls = []
+
+  def takes(name, durations):
+    durations = iter(durations)
+    def fn():
+      calls.append(name)
+      clock.sleep(next(durations))
+    return fn
+
+  medians = bench.interleaved_medians(
+      {'ours': takes('ours', [3.0, 1.0, 2.0]),
+       'peer': takes('peer', [5.0, 9.0, 4.0])}, repeats=3)
+  # The untimed pauses between calls are not counted.
+  assert medians == {'ours': 2.0, 'peer': 5.0}
+  assert calls == ['ours', 'peer'] * 3  # Alternating rounds.
+
+
+def test_figures_from_known_timings(bench, monkeypatch, capsys):
+  # Known medians in, known figures out: 2 critic updates of 4 images in
+  # 0.25 s are 32 images/s; PyTorch's 0.5 s iteration makes the ratio 0.5.
+  seconds = {'iteration_s': 0.25, 'critic_step_s': 0.1,
+             'generator_step_s': 0.05, 'torch_iteration_s': 0.5,
+             'torch_critic_step_s': 0.2, 'torch_generator_step_s': 0.1}
+  medians = lambda fns, repeats: {name: seconds[name] for name in fns}
+  monkeypatch.setattr(bench, 'interleaved_medians', medians)
+  monkeypatch.setattr(bench, 'matmul_peak_gflops', lambda: 1000.0)
+  monkeypatch.chdir(_ROOT)
+  argv = ['train_step.py', *_TINY_ARGS, '--torch_reference']
+  monkeypatch.setattr(sys, 'argv', argv)  # config_flags reads overrides here.
+  bench.FLAGS(argv)
+  try:
+    bench.main([])
+  finally:
+    bench.FLAGS.unparse_flags()
+  figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert {k: figures[k] for k in seconds} == seconds
+  assert figures['ratio'] == pytest.approx(0.5)
+  assert figures['images_per_s'] == pytest.approx(32.0)
+  assert figures['sec_per_kimg'] == pytest.approx(1000 / 32)
+  assert figures['gflops_per_iteration'] > 0
+  assert figures['gflops_per_s'] == pytest.approx(
+      4 * figures['gflops_per_iteration'])
+  assert figures['fraction_of_peak'] == pytest.approx(
+      figures['gflops_per_s'] / 1000.0)
 
 
 def _config(generator, discriminator, d_norm='none', spectral_norm=False,

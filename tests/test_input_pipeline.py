@@ -25,8 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def dataset_config(**overrides):
   """The default `dataset` block, with every augmentation off unless asked.
 
-  The keys this package proposes for configs/default.py are set explicitly,
-  so the tests pin their meaning whatever the defaults become.
+  The augmentation keys are set explicitly, so the tests pin their meaning
+  whatever the defaults of configs/default.py become.
   """
   config = default.get_config().dataset
   config.resolution = 32
@@ -36,8 +36,8 @@ def dataset_config(**overrides):
   config.rotate = 0.0
   config.standardize = False
   config.diffaugment = ''
-  for key, value in overrides.items():
-    config[key] = value
+  config.lock()  # A mistyped override fails instead of adding a key.
+  config.update_from_flattened_dict(overrides)
   return config
 
 

@@ -265,8 +265,14 @@ def test_penalty_gradient_hlo_has_convolutions_only_for_xla(impl):
 def test_bfloat16_compute_keeps_float32_params():
   layers = (conv.Conv(2), upsample.ConvTranspose(2), upsample.UpsampleConv(2),
             downsample.ConvMeanPool(2))
-
   x = _normal(0, (2, 4, 4, 3))
+  for layer in layers:
+    # The parameters the bfloat16 layer itself creates.
+    created = jax.eval_shape(layer.clone(dtype=jnp.bfloat16).init,
+                             jax.random.key(0), x)
+    dtypes = {p.dtype for p in jax.tree.leaves(created)}
+    assert dtypes == {jnp.dtype(jnp.float32)}, (type(layer).__name__, dtypes)
+
   all_variables = [_random_variables(layer.init, x) for layer in layers]
 
   @_jit
@@ -275,8 +281,7 @@ def test_bfloat16_compute_keeps_float32_params():
              layer.apply(variables, x))
             for layer, variables in zip(layers, all_variables)]
 
-  for variables, (y, reference) in zip(all_variables, run(all_variables, x)):
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  for y, reference in run(all_variables, x):
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(y.astype(jnp.float32), reference, atol=0.05,
                                rtol=0.05)

@@ -42,9 +42,15 @@ def test_label_smoothing_is_one_sided():
   np.testing.assert_allclose(
       losses.critic_loss('non_saturating', REAL, FAKE, label_smoothing=s),
       expected, rtol=1e-5)
-  # Fake targets stay 0: smoothing changes nothing when there are no reals.
-  assert losses.critic_loss('non_saturating', REAL, FAKE, s) != \
-      losses.critic_loss('non_saturating', REAL, FAKE, 0.0)
+  # Fake targets stay 0: d loss / d fake = sigmoid(fake) / B with or without
+  # smoothing, while the real targets move to 1 - s.
+  sigmoid = lambda x: 1 / (1 + np.exp(-x))
+  grad_real, grad_fake = jax.grad(
+      lambda r, f: losses.critic_loss('non_saturating', r, f, s),
+      argnums=(0, 1))(REAL, FAKE)
+  np.testing.assert_allclose(grad_fake, sigmoid(fake) / 3, rtol=1e-5)
+  np.testing.assert_allclose(grad_real, (sigmoid(real) - (1 - s)) / 3,
+                             rtol=1e-5)
 
 
 def test_hinge_losses():

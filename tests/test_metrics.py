@@ -187,24 +187,31 @@ def test_precision_recall_known_geometry():
 
 
 def test_compute_all_keys_values_and_missing_logits():
-  real, fake = _features(14, 150, 8), _features(15, 120, 8, shift=0.3)
-  logits = np.random.default_rng(16).normal(size=(120, 1008))
-  scores = metrics.compute_all(real, fake, None, logits, kid_num_subsets=10,
-                               kid_subset_size=100)
+  # Equal set sizes and KID subsets as large as the sets: every subset pair
+  # is the whole of both sets, so KID is their MMD^2 with a std of 0.
+  real, fake = _features(14, 40, 8), _features(15, 40, 8, shift=0.3)
+  logits = np.random.default_rng(16).normal(size=(40, 1008))
+  scores = metrics.compute_all(real, fake, None, logits, kid_num_subsets=3,
+                               kid_subset_size=40, is_num_splits=4, pr_k=2)
   assert set(scores) == {'fid', 'kid_mean', 'kid_std', 'is_mean', 'is_std',
                          'precision', 'recall', 'num_real', 'num_fake'}
-  assert scores['fid'] == pytest.approx(metrics.fid_from_features(real, fake))
-  assert (scores['kid_mean'], scores['kid_std']) == pytest.approx(
-      metrics.kernel_inception_distance(real, fake, num_subsets=10,
-                                        subset_size=100))
+  assert scores['fid'] == pytest.approx(_fid_scipy_sqrtm(real, fake),
+                                        rel=1e-6)
+  assert scores['kid_mean'] == pytest.approx(
+      _mmd2_by_loops(real.astype(np.float64), fake.astype(np.float64)),
+      rel=1e-9)
+  assert scores['kid_std'] == pytest.approx(0.0, abs=1e-9)
   assert (scores['is_mean'], scores['is_std']) == pytest.approx(
-      inception_score.inception_score(logits))
+      _is_original_formula(logits, 4), rel=1e-9)
   assert (scores['precision'], scores['recall']) == pytest.approx(
-      precision_recall.precision_recall(real, fake))
-  assert (scores['num_real'], scores['num_fake']) == (150.0, 120.0)
+      _precision_recall_brute_force(real.astype(np.float64),
+                                    fake.astype(np.float64), 2), abs=1e-9)
+  assert (scores['num_real'], scores['num_fake']) == (40.0, 40.0)
 
-  only_fid = metrics.compute_all(real, fake, metrics=('fid',))
-  assert only_fid['fid'] == pytest.approx(scores['fid'])
+  only_fid = metrics.compute_all(real, fake[:30], metrics=('fid',))
+  assert only_fid['fid'] == pytest.approx(_fid_scipy_sqrtm(real, fake[:30]),
+                                          rel=1e-6)
+  assert (only_fid['num_real'], only_fid['num_fake']) == (40.0, 30.0)
   assert np.isnan(only_fid['is_mean']) and np.isnan(only_fid['kid_mean'])
   with pytest.raises(ValueError, match='Unknown metrics'):
     metrics.compute_all(real, fake, metrics=('fdi',))
@@ -263,9 +270,13 @@ def test_reference_statistics_are_cached_with_provenance(tmp_path):
   first = metrics.reference_statistics(_image_batches(calls), **kwargs)
   assert len(calls) == 1
   assert first.features.shape == (10, 6) and first.logits is None
-  mu, sigma = metrics.gaussian_statistics(first.features)
-  np.testing.assert_allclose(first.mu, mu)
-  np.testing.assert_allclose(first.sigma, sigma)
+  # The features of every image, in order, and their mean and covariance.
+  expected = np.concatenate(
+      [_FakeExtractor()(images)[0] for images in _image_batches([])()])
+  np.testing.assert_allclose(first.features, expected, rtol=1e-6)
+  np.testing.assert_allclose(first.mu, expected.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(first.sigma, np.cov(expected, rowvar=False),
+                             rtol=1e-5, atol=1e-8)
 
   again = metrics.reference_statistics(_image_batches(calls), **kwargs)
   assert len(calls) == 1, 'second call must come from the cache'

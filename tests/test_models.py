@@ -302,13 +302,18 @@ def test_bfloat16_models_return_float32_and_keep_float32_params():
   assert bool(jnp.all(jnp.isfinite(scores)))
 
 
-def test_conv_impl_auto_picks_fast_layers_only_on_cpu():
-  expected = 'fast' if jax.default_backend() == 'cpu' else 'xla'
+@pytest.mark.parametrize('backend,expected', [
+    ('cpu', 'fast'), ('gpu', 'xla'), ('tpu', 'xla')])
+def test_conv_impl_auto_picks_fast_layers_only_on_cpu(monkeypatch, backend,
+                                                      expected):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   assert models.resolve_conv_impl('auto') == expected
   assert models.resolve_conv_impl('xla') == 'xla'
   assert models.resolve_conv_impl('fast') == 'fast'
   assert models.create_generator(_config(conv_impl='auto'),
                                  32).conv_impl == expected
+  assert models.create_discriminator(_config(conv_impl='auto'),
+                                     32).conv_impl == expected
 
 
 @pytest.mark.parametrize('overrides,resolution,message', [

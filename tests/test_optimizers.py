@@ -38,31 +38,52 @@ def test_cosine_with_warmup():
   assert float(schedule(110)) == pytest.approx(0.0, abs=1e-6)
 
 
+def _learning_rates(tx, num_updates):
+  """The learning rate of each update, read off Adam's updates.
+
+  Adam (b1=0, tiny eps) fed the same gradient at every update moves each
+  parameter by exactly -lr, so the update is minus the learning rate.
+  """
+  params = {'w': jnp.zeros(())}
+  state = tx.init(params)
+  rates = []
+  for _ in range(num_updates):
+    updates, state = tx.update({'w': jnp.ones(())}, state, params)
+    rates.append(-float(updates['w']))
+  return rates
+
+
 def test_critic_schedule_follows_generator_steps():
-  # With 5 critic updates per generator step, the critic's 10th update
-  # happens during generator step 2.
+  # Step schedule: x0.1 every 2 generator steps. With 5 critic updates per
+  # generator step, critic updates 0-9 are steps 0-1, 10-19 steps 2-3, ...
   schedule = optimizers.create_schedule(
       _opt_config(schedule='step', step_every=2, step_gamma=0.1), 1.0, 10)
-  tx = optimizers.create_optimizer(_opt_config(schedule='step', name='rmsprop'),
-                                   schedule, updates_per_step=5)
-  params = {'w': jnp.ones(())}
-  state = tx.init(params)
-  lrs = []
-  for _ in range(11):
-    updates, state = tx.update({'w': jnp.ones(())}, state, params)
-    lrs.append(abs(float(updates['w'])))
-  # RMSProp's first update magnitudes change with the schedule at update 10.
-  assert lrs[10] < lrs[9] / 5
+  critic_tx = optimizers.create_optimizer(_opt_config(), schedule,
+                                          updates_per_step=5)
+  assert _learning_rates(critic_tx, 21) == pytest.approx(
+      [1.0] * 10 + [0.1] * 10 + [0.01], rel=1e-5)
+  # The generator (one update per step) follows the schedule itself.
+  generator_tx = optimizers.create_optimizer(_opt_config(), schedule)
+  assert _learning_rates(generator_tx, 5) == pytest.approx(
+      [1.0, 1.0, 0.1, 0.1, 0.01], rel=1e-5)
 
 
-def test_adam_and_clipping():
-  tx = optimizers.create_optimizer(_opt_config(grad_clip_norm=1.0),
-                                   optax.constant_schedule(0.1))
+def test_clipping_scales_the_gradient_to_the_global_norm():
+  # eps = 1 makes Adam's first step lr * g / (|g| + 1): it depends on the
+  # gradient's size, so clipping shows. |(300, 400, 0)| = 500 is clipped to
+  # norm 1: g = (0.6, 0.8, 0).
+  config = _opt_config(grad_clip_norm=1.0, eps=1.0)
+  tx = optimizers.create_optimizer(config, optax.constant_schedule(0.1))
   params = {'w': jnp.zeros(3)}
-  state = tx.init(params)
-  updates, _ = tx.update({'w': jnp.array([300.0, 400.0, 0.0])}, state, params)
-  # Adam's first step has magnitude lr per coordinate where the gradient is nonzero.
-  np.testing.assert_allclose(np.abs(updates['w']), [0.1, 0.1, 0.0], rtol=1e-3)
+  updates, _ = tx.update({'w': jnp.array([300.0, 400.0, 0.0])},
+                         tx.init(params), params)
+  np.testing.assert_allclose(
+      updates['w'], [-0.1 * 0.6 / 1.6, -0.1 * 0.8 / 1.8, 0.0], rtol=1e-5)
+  # A gradient already inside the norm passes unchanged.
+  small, _ = tx.update({'w': jnp.array([0.3, 0.4, 0.0])}, tx.init(params),
+                       params)
+  np.testing.assert_allclose(
+      small['w'], [-0.1 * 0.3 / 1.3, -0.1 * 0.4 / 1.4, 0.0], rtol=1e-5)
 
 
 def test_unknown_names():

@@ -71,10 +71,82 @@ def test_metrics_are_finite_and_consistent(three_steps):
     assert all(np.isfinite(v) for v in metrics.values())
     assert metrics['penalty'] > 0
     np.testing.assert_allclose(metrics['g_lr'], 1e-4, rtol=1e-6)
-  # The Wasserstein estimate is mean D(real) - mean D(fake).
-  for m in history:
-    np.testing.assert_allclose(m['wasserstein'], m['d_real'] - m['d_fake'],
-                               rtol=1e-4, atol=1e-6)
+
+
+def _one_step(program, host_state, images):
+  """One step from a host copy of a state (the step donates its input)."""
+  state = jax.device_put(host_state, program.state_sharding)
+  state, metrics = program.step(state, images)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.fixture(scope='module')
+def fast_and_xla():
+  """One WGAN-GP step per conv_impl, from the same state on the same batch.
+
+  Returns (initial host state, images, {impl: (program, (state, metrics))}).
+  Parameters have the same layout under both implementations, so the state
+  initialized by the 'fast' program is the 'xla' program's input as well.
+  """
+  results, host_state, images = {}, None, None
+  # GPUs would compute XLA's convolutions in TF32; compare float32 math.
+  with jax.default_matmul_precision('highest'):
+    for impl in ('fast', 'xla'):
+      config = tiny_config(**{'model.conv_impl': impl, 'n_critic': 1})
+      program, state, mesh = _build(config)
+      if host_state is None:
+        host_state = jax.device_get(state)
+        images = _batches(config, 1, mesh, seed=1)[0]
+      results[impl] = program, _one_step(program, host_state, images)
+  return host_state, images, results
+
+
+def test_wasserstein_is_the_critic_gap_on_real_and_generated_images(
+    fast_and_xla):
+  host_state, images, results = fast_and_xla
+  program = results['fast'][0]
+  # A zero last layer makes the generator draw all-zero images (tanh(0)).
+  g_params = dict(host_state.g_params)
+  g_params['to_rgb'] = jax.tree_util.tree_map(np.zeros_like,
+                                              g_params['to_rgb'])
+  with jax.default_matmul_precision('highest'):
+    _, metrics = _one_step(program, host_state.replace(g_params=g_params),
+                           images)
+    # The critic the step updates, applied here to both batches.
+    critic = lambda x: program.discriminator.apply(
+        {'params': host_state.d_params}, x, train=False)
+    real = np.asarray(images)[0]
+    d_real = float(jnp.mean(critic(real)))
+    d_fake = float(jnp.mean(critic(np.zeros_like(real))))
+  # Not vacuous: the critic tells the two batches apart (by far more than
+  # the tolerances below; it starts with scores near 0).
+  assert not np.isclose(d_real, d_fake, rtol=1e-2, atol=0), (d_real, d_fake)
+  np.testing.assert_allclose(metrics['d_real'], d_real, rtol=1e-5, atol=1e-9)
+  np.testing.assert_allclose(metrics['d_fake'], d_fake, rtol=1e-5, atol=1e-9)
+  np.testing.assert_allclose(metrics['wasserstein'], d_real - d_fake,
+                             rtol=1e-4, atol=1e-9)
+
+
+def test_xla_convolutions_train_like_the_fast_layers(fast_and_xla):
+  """conv_impl='xla' (every GPU/TPU run) == 'fast' (CPU), penalty included."""
+  _, _, results = fast_and_xla
+  _, (fast_state, fast_metrics) = results['fast']
+  _, (xla_state, xla_metrics) = results['xla']
+  assert fast_metrics['penalty'] > 0  # The second-order gradient is in it.
+  assert fast_metrics.keys() == xla_metrics.keys()
+  for name, value in fast_metrics.items():
+    np.testing.assert_allclose(xla_metrics[name], value, rtol=1e-4, atol=1e-9,
+                               err_msg=name)
+  # Parameters, Adam's moments (with b1=0 its mu is the last gradient), EMA
+  # and batch-norm statistics after one update of each player.
+  fast_leaves = jax.tree_util.tree_leaves_with_path(fast_state)
+  xla_leaves = jax.tree_util.tree_leaves(xla_state)
+  assert len(fast_leaves) == len(xla_leaves)
+  for (path, fast), xla in zip(fast_leaves, xla_leaves):
+    name = jax.tree_util.keystr(path)
+    scale = float(np.max(np.abs(fast))) if np.size(fast) else 0.0
+    np.testing.assert_allclose(xla, fast, rtol=1e-4, atol=1e-5 * scale,
+                               err_msg=name)
 
 
 @pytest.mark.parametrize('loss,penalty,diffaugment', [

@@ -18,7 +18,6 @@ def tiny_config(**overrides):
   config.num_samples = 4
   config.dataset.num_images = 64
   config.dataset.shuffle_buffer = 64
-  for key, value in overrides.items():
-    section, _, leaf = key.rpartition('.')
-    (config[section] if section else config)[leaf] = value
+  config.lock()  # A mistyped override fails instead of adding a key.
+  config.update_from_flattened_dict(overrides)
   return config
