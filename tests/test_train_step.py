@@ -62,6 +62,27 @@ def test_state_advances(three_steps):
   assert 0 < ema_move < raw_move
 
 
+def test_ema_averages_the_generator_weights_and_its_batch_statistics(
+    three_steps):
+  config, initial, _, _, program = three_steps
+  mesh = partitioning.create_mesh()
+  state = initial
+  for t, images in enumerate(_batches(config, 2, mesh, seed=1)):
+    new, _ = _one_step(program, state, images)
+    # The documented warm-up: decay min(ema_decay, (1 + t) / (10 + t)).
+    decay = min(config.ema_decay, (1 + t) / (10 + t))
+    for average, previous, raw in (
+        (new.ema_params, state.ema_params, new.g_params),
+        (new.ema_batch_stats, state.ema_batch_stats,
+         new.batch_stats['generator'])):
+      leaves = jax.tree_util.tree_leaves
+      assert leaves(raw), 'the tiny generator has batch norm'
+      for a, p, r in zip(leaves(average), leaves(previous), leaves(raw)):
+        np.testing.assert_allclose(a, decay * p + (1 - decay) * r,
+                                   rtol=1e-5, atol=1e-7)
+    state = new
+
+
 def test_metrics_are_finite_and_consistent(three_steps):
   _, _, _, history, _ = three_steps
   expected = {'d_loss', 'g_loss', 'wasserstein', 'penalty', 'd_real', 'd_fake',
