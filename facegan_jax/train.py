@@ -133,8 +133,15 @@ def _restore_or_init(config, program, checkpointer, workdir):
 
   restored = checkpointer.restore(checked_target)
   if restored is not None:
-    state, _ = restored
+    state, meta = restored
     print(f'Resuming from step {int(state.step)} in {workdir}.', flush=True)
+    saved_count = meta.get('process_count', 1)
+    if saved_count != jax.process_count():
+      print(f'WARNING: this run was saved by {saved_count} process(es) and '
+            f'resumes with {jax.process_count()}: each process now reads a '
+            'different shard of the data, so the data order from here on '
+            'differs from an uninterrupted run (training is otherwise '
+            'unchanged).', flush=True)
     return state
   state = program.init(jax.random.PRNGKey(config.seed))
   if config.init_from:
@@ -185,6 +192,8 @@ def _run_metadata(config: ml_collections.ConfigDict, step: int) -> dict[str, Any
       # state.
       'data_batches_consumed': step,
       'images_seen': step * config.n_critic * config.batch_size,
+      # Each process reads its own shard: the position means this count.
+      'process_count': jax.process_count(),
   }
 
 
@@ -218,9 +227,12 @@ class _Loop:
     self.evaluator = periodic_evaluation.PeriodicEvaluator(
         config, program, workdir)
     self.summary = None  # metric_summary.MetricSummary since the last log.
-    self.sample_z = jax.random.normal(
-        jax.random.PRNGKey(config.seed + _SAMPLE_SEED_OFFSET),
-        (config.num_samples, config.model.latent_dim))
+    # A global array, like every value the jitted functions take.
+    self.sample_z = jax.device_put(
+        np.asarray(jax.random.normal(
+            jax.random.PRNGKey(config.seed + _SAMPLE_SEED_OFFSET),
+            (config.num_samples, config.model.latent_dim))),
+        partitioning.replicated(mesh))
 
   def run(self, state):
     config = self.config

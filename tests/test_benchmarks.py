@@ -22,8 +22,20 @@ from facegan_jax import models
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch = pytest.importorskip('torch')
-sys.path.insert(0, os.path.join(_ROOT, 'benchmarks'))
-import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _load_benchmark(name: str):
+  """benchmarks/<name>.py as a module, without putting benchmarks/ on
+  sys.path (its input_pipeline.py would shadow the package for every
+  process spawned later, e.g. the dataset tool's workers)."""
+  path = os.path.join(_ROOT, 'benchmarks', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'benchmark_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+torch_reference = _load_benchmark('torch_reference')
 
 # The JSON fields the performance issue names: a contract.
 _REQUIRED_FIELDS = (
@@ -54,11 +66,7 @@ def test_train_step_benchmark_prints_the_json_figures():
 @pytest.fixture(scope='module')
 def bench():
   """benchmarks/train_step.py as a module (it defines absl flags: once)."""
-  path = os.path.join(_ROOT, 'benchmarks', 'train_step.py')
-  spec = importlib.util.spec_from_file_location('benchmark_train_step', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _load_benchmark('train_step')
 
 
 class _FakeClock:
@@ -104,6 +112,8 @@ def test_figures_from_known_timings(bench, monkeypatch, capsys):
   monkeypatch.setattr(bench, 'interleaved_medians', medians)
   monkeypatch.setattr(bench, 'matmul_peak_gflops', lambda: 1000.0)
   monkeypatch.chdir(_ROOT)
+  # The benchmark puts benchmarks/ on sys.path to find its peer: undo after.
+  monkeypatch.setattr(sys, 'path', list(sys.path))
   argv = ['train_step.py', *_TINY_ARGS, '--torch_reference']
   monkeypatch.setattr(sys, 'argv', argv)  # config_flags reads overrides here.
   bench.FLAGS(argv)
