@@ -6,11 +6,11 @@ so a run can be watched without TensorBoard.
 """
 
 import math
-import os
 import time
 
 import jax
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
@@ -34,12 +34,18 @@ def image_grid(images: np.ndarray, padding: int = 1) -> np.ndarray:
   return grid
 
 
-def save_png(grid: np.ndarray, path: str) -> None:
-  """Writes a uint8 [H, W, 3] image atomically (no half-written PNGs)."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  partial = path + '.partial'
-  Image.fromarray(grid).save(partial, format='PNG')
-  os.replace(partial, path)
+def save_png(grid: np.ndarray, path: epath.PathLike) -> None:
+  """Writes a uint8 [H, W, 3] image; on local disks atomically.
+
+  `path` may be on a bucket (epath): the PNG is written through a
+  '.partial' file that is then renamed over the final name.
+  """
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  partial = path.with_name(path.name + '.partial')
+  with partial.open('wb') as stream:
+    Image.fromarray(grid).save(stream, format='PNG')
+  partial.replace(path)
 
 
 def format_duration(seconds: float) -> str:

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 from clu import metric_writers
+from etils import epath
 
 import input_pipeline
 from facegan_jax import checkpointing
@@ -81,7 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       scale = config.nan_rollback_lr_scale
       if not 0 < scale < 1 or rollback == _MAX_ROLLBACKS:
         raise
-      with checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+      with checkpointing.Checkpointer(epath.Path(workdir) / 'checkpoints',
                                       read_only=True) as checkpointer:
         steps = checkpointer.all_steps()
       where = (f'the checkpoint at step {steps[-1]}' if steps else
@@ -98,14 +99,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> Any:
   """One attempt of `train_and_evaluate`."""
   validate_config(config)
   input_pipeline.validate_dataset_config(config.dataset)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  # epath: a workdir on a bucket (gs://...) works like a local folder.
+  workdir = epath.Path(workdir).expanduser()
+  if not workdir.is_absolute():  # Local and relative (a bucket is absolute).
+    workdir = workdir.resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
   mesh = partitioning.create_mesh()
   partitioning.check_batch_size(config.batch_size, mesh)
   program = train_step_lib.build_program(config, mesh)
 
   with checkpointing.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+      workdir / 'checkpoints', keep=config.keep_checkpoints,
       checkpoint_every=config.checkpoint_every) as checkpointer:
     state = _restore_or_init(config, program, checkpointer, workdir)
     print(f'Training {config.model.generator}/{config.model.discriminator} '
@@ -222,10 +226,10 @@ class _Loop:
     self.checkpointer = checkpointer
     self.workdir = workdir
     self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0)
+        os.fspath(workdir), just_logging=jax.process_index() > 0)
     self.meter = monitoring.ThroughputMeter(config.n_critic * config.batch_size)
     self.evaluator = periodic_evaluation.PeriodicEvaluator(
-        config, program, workdir)
+        config, program, os.fspath(workdir))
     self.summary = None  # metric_summary.MetricSummary since the last log.
     # A global array, like every value the jitted functions take.
     self.sample_z = jax.device_put(
@@ -244,7 +248,8 @@ class _Loop:
       self.evaluator.prepare(start_step)  # Fail fast: weights, reference.
     profile = None
     if config.profile_steps and jax.process_index() == 0:
-      profile = monitoring.ProfileWindow(self.workdir, start_step + 2,
+      profile = monitoring.ProfileWindow(os.fspath(self.workdir),
+                                         start_step + 2,
                                          config.profile_steps)
     started = time.perf_counter()
     batches = _local_batches(config, start_step)
@@ -327,8 +332,8 @@ class _Loop:
       grids[name] = monitoring.image_grid(images)
     if jax.process_index() == 0:
       for name, prefix in (('samples_ema', 'ema'), ('samples', 'raw')):
-        monitoring.save_png(grids[name], os.path.join(
-            self.workdir, 'samples', f'{prefix}_{step:07d}.png'))
+        monitoring.save_png(
+            grids[name], self.workdir / 'samples' / f'{prefix}_{step:07d}.png')
     self.writer.write_images(step, {k: v[None] for k, v in grids.items()})
 
   def _report_scores(self, state, step: int, scores: dict[str, float]) -> None:
