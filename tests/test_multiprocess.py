@@ -107,3 +107,14 @@ def test_two_processes_train_and_resume_like_one_process(tmp_path):
   assert sorted(os.listdir(workdir / 'samples')) == [
       'ema_0000002.png', 'ema_0000003.png', 'raw_0000002.png',
       'raw_0000003.png']
+
+  # One process resuming a 2-process run says that the data order changes.
+  flags = [f'--config.{key}={value}' for key, value in OVERRIDES.items()]
+  alone = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/wgan_gp.py:res=32', *flags,
+       '--config.num_train_steps=4', f'--workdir={workdir}'],
+      cwd=REPO, env=_env(1), capture_output=True, text=True,
+      timeout=DEADLINE_S)
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  assert ('saved by 2 process(es) and resumes with 1' in alone.stdout and
+          'data order' in alone.stdout), alone.stdout
