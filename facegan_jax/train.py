@@ -6,7 +6,6 @@ stopped, and runs the jitted step, reporting, sampling and checkpointing.
 """
 
 import os
-import signal
 import time
 from typing import Any, Iterator
 
@@ -22,6 +21,7 @@ from facegan_jax import metric_summary
 from facegan_jax import monitoring
 from facegan_jax import partitioning
 from facegan_jax import periodic_evaluation
+from facegan_jax import stopping
 from facegan_jax import train_step as train_step_lib
 from facegan_jax.config_validation import validate_config
 
@@ -35,35 +35,6 @@ _MAX_ROLLBACKS = 3
 
 class NonFiniteLossError(FloatingPointError):
   """A loss or metric became NaN or Inf."""
-
-
-class _StopRequest:
-  """SIGTERM/SIGINT: the first finishes the step and saves; a second exits."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # Not the main thread: leave signals alone.
-        pass
-    return self
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.requested:
-      print(f'Second signal {signum}: exiting now without saving.', flush=True)
-      os._exit(128 + signum)
-    self.requested = True
-    print(f'Signal {signum}: finishing the current step, saving a checkpoint '
-          'and exiting (send it again to exit at once).', flush=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -254,7 +225,7 @@ class _Loop:
     started = time.perf_counter()
     batches = _local_batches(config, start_step)
     try:
-      with _StopRequest() as stop:
+      with stopping.StopRequest(jax.process_count() > 1) as stop:
         while step < config.num_train_steps:
           local_images = next(batches)
           if step == 0:
@@ -274,10 +245,10 @@ class _Loop:
             print(f'Step {step} done in {time.perf_counter() - started:.1f}s '
                   '(includes compilation).', flush=True)
             self.meter.start(step)
-          # Read once: a signal arriving later is handled after the next step.
-          stopping = stop.requested
-          self._after_step(state, step, stopping)
-          if stopping:
+          # Asked once per step: a signal arriving later counts for the next.
+          stop_now = stop.reached(step)
+          self._after_step(state, step, stop_now)
+          if stop_now:
             print(f'Stopped at step {step}; checkpoint saved. Run the same '
                   'command to resume.', flush=True)
             break
@@ -288,12 +259,12 @@ class _Loop:
     self.writer.flush()
     return state
 
-  def _after_step(self, state, step: int, stopping: bool) -> None:
+  def _after_step(self, state, step: int, stop_now: bool) -> None:
     """Reports, samples, evaluates and saves as due at `step`."""
     config = self.config
     last = step == config.num_train_steps
     log = step % config.log_every == 0 or last
-    save = self.checkpointer.should_save(step) or last or stopping
+    save = self.checkpointer.should_save(step) or last or stop_now
     if log or save:
       # Metrics leave the device only here, and a non-finite state is never
       # written over a good checkpoint.
@@ -305,7 +276,7 @@ class _Loop:
     scores = self.evaluator(state, step, force=last) if config.eval_every else None
     if save:
       self.checkpointer.save(state, _run_metadata(config, step),
-                             force=last or stopping)
+                             force=last or stop_now)
     if scores is not None:
       self._report_scores(state, step, scores)
 

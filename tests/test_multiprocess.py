@@ -8,6 +8,8 @@ stalling the suite.
 import glob
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -41,21 +43,26 @@ def _env(num_devices: int) -> dict[str, str]:
   return env
 
 
-def _train_with_two_processes(workdir, num_train_steps: int) -> list[str]:
-  """Runs main.py as processes 0 and 1 of 2; returns their outputs."""
+def _start_two_processes(workdir, num_train_steps: int, *extra_flags):
+  """Starts main.py as processes 0 and 1 of 2 (output on their stdout)."""
   port = _free_port()
   flags = [f'--config.{key}={value}' for key, value in OVERRIDES.items()]
-  processes = [
+  return [
       subprocess.Popen(
-          [sys.executable, 'main.py', '--config=configs/wgan_gp.py:res=32',
-           *flags, f'--config.num_train_steps={num_train_steps}',
+          [sys.executable, '-u', 'main.py',
+           '--config=configs/wgan_gp.py:res=32', *flags,
+           f'--config.num_train_steps={num_train_steps}',
            f'--workdir={workdir}', '--multihost',
            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-           f'--process_id={index}'],
+           f'--process_id={index}', *extra_flags],
           cwd=REPO, env=_env(2), stdout=subprocess.PIPE,
           stderr=subprocess.STDOUT, text=True)
       for index in range(2)]
-  deadline = time.time() + DEADLINE_S
+
+
+def _finish(processes, deadline_s=DEADLINE_S) -> list[str]:
+  """Waits for all; kills all and fails if any is still running at the end."""
+  deadline = time.time() + deadline_s
   outputs = []
   try:
     for process in processes:
@@ -64,10 +71,31 @@ def _train_with_two_processes(workdir, num_train_steps: int) -> list[str]:
   except subprocess.TimeoutExpired:
     for process in processes:
       process.kill()
-    pytest.fail(f'2-process run still going after {DEADLINE_S}s (a hang)')
+    pytest.fail(f'2-process run still going after {deadline_s}s (a hang)')
+  return outputs
+
+
+def _train_with_two_processes(workdir, num_train_steps: int) -> list[str]:
+  """Runs main.py as processes 0 and 1 of 2 to the end; their outputs."""
+  processes = _start_two_processes(workdir, num_train_steps)
+  outputs = _finish(processes)
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output[-3000:]
   return outputs
+
+
+def _read_until(process, text: str, timeout: float = DEADLINE_S) -> str:
+  """Output lines up to the first one holding `text` (kills on timeout)."""
+  lines, deadline = [], time.time() + timeout
+  while time.time() < deadline:
+    line = process.stdout.readline()
+    if not line:
+      break
+    lines.append(line)
+    if text in line:
+      return ''.join(lines)
+  process.kill()
+  pytest.fail(f'{text!r} not seen; output:\n' + ''.join(lines[-30:]))
 
 
 def _reference(tmp_path, num_steps: int) -> dict[str, np.ndarray]:
@@ -118,3 +146,26 @@ def test_two_processes_train_and_resume_like_one_process(tmp_path):
   assert alone.returncode == 0, alone.stderr[-3000:]
   assert ('saved by 2 process(es) and resumes with 1' in alone.stdout and
           'data order' in alone.stdout), alone.stdout
+
+
+@pytest.mark.parametrize('signalled', ['process 1 only', 'both, apart'])
+def test_sigterm_stops_every_process_after_the_same_step(tmp_path, signalled):
+  processes = _start_two_processes(tmp_path, 100_000,
+                                   '--config.checkpoint_every=100000')
+  early = [_read_until(process, 'step 3/') for process in processes]
+  if signalled == 'process 1 only':
+    processes[1].send_signal(signal.SIGTERM)
+  else:
+    processes[0].send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    processes[1].send_signal(signal.SIGTERM)
+  outputs = [a + b for a, b in zip(early, _finish(processes))]
+  stopped = []
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 0, output[-3000:]
+    stopped += re.findall(r'Stopped at step (\d+); checkpoint saved', output)
+  assert len(stopped) == 2 and stopped[0] == stopped[1], outputs
+  # One checkpoint, written by both processes together, at that step.
+  assert os.listdir(tmp_path / 'checkpoints') == [stopped[0]]
+  config, _, state, _ = saved_run.restore_run(str(tmp_path))
+  assert int(state.step) == int(stopped[0]) and config.n_critic == 2
