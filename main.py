@@ -27,6 +27,16 @@ flags.DEFINE_string('coordinator_address', None,
                     'auto-detection.')
 flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+flags.DEFINE_integer('initialization_timeout_s', 300,
+                     'Multi-process: seconds to wait for every process to '
+                     'connect to the coordinator before giving up.')
+flags.DEFINE_integer('heartbeat_timeout_s', 60,
+                     'Multi-process: a process silent for this long is '
+                     'declared dead, and the others exit with an error '
+                     '(instead of waiting for it forever).')
+flags.DEFINE_integer('shutdown_timeout_s', 60,
+                     'Multi-process: seconds a finished process waits for '
+                     'the others at exit.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -40,12 +50,13 @@ def main(argv):
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
-  import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.multihost:
-    # CPU hosts need gloo for cross-process collectives; accelerators ignore it.
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                               FLAGS.process_id)
+    from facegan_jax import multihost  # pylint: disable=g-import-not-at-top
+    multihost.join(FLAGS.coordinator_address, FLAGS.num_processes,
+                   FLAGS.process_id,
+                   initialization_timeout_s=FLAGS.initialization_timeout_s,
+                   heartbeat_timeout_s=FLAGS.heartbeat_timeout_s,
+                   shutdown_timeout_s=FLAGS.shutdown_timeout_s)
   from facegan_jax import train  # pylint: disable=g-import-not-at-top
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from facegan_jax import saved_run
+from tests import process_output
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
@@ -84,20 +85,6 @@ def _train_with_two_processes(workdir, num_train_steps: int) -> list[str]:
   return outputs
 
 
-def _read_until(process, text: str, timeout: float = DEADLINE_S) -> str:
-  """Output lines up to the first one holding `text` (kills on timeout)."""
-  lines, deadline = [], time.time() + timeout
-  while time.time() < deadline:
-    line = process.stdout.readline()
-    if not line:
-      break
-    lines.append(line)
-    if text in line:
-      return ''.join(lines)
-  process.kill()
-  pytest.fail(f'{text!r} not seen; output:\n' + ''.join(lines[-30:]))
-
-
 def _reference(tmp_path, num_steps: int) -> dict[str, np.ndarray]:
   """One process, 4 devices, the global batches the 2 processes assemble."""
   out = tmp_path / 'reference.npz'
@@ -152,7 +139,8 @@ def test_two_processes_train_and_resume_like_one_process(tmp_path):
 def test_sigterm_stops_every_process_after_the_same_step(tmp_path, signalled):
   processes = _start_two_processes(tmp_path, 100_000,
                                    '--config.checkpoint_every=100000')
-  early = [_read_until(process, 'step 3/') for process in processes]
+  early = [process_output.read_until(process, 'step 3/', DEADLINE_S)
+           for process in processes]
   if signalled == 'process 1 only':
     processes[1].send_signal(signal.SIGTERM)
   else:
@@ -169,3 +157,46 @@ def test_sigterm_stops_every_process_after_the_same_step(tmp_path, signalled):
   assert os.listdir(tmp_path / 'checkpoints') == [stopped[0]]
   config, _, state, _ = saved_run.restore_run(str(tmp_path))
   assert int(state.step) == int(stopped[0]) and config.n_critic == 2
+
+
+def _complete_steps(workdir) -> list[int]:
+  folder = workdir / 'checkpoints'
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+
+
+def test_a_killed_peer_ends_the_survivor_and_both_resume(tmp_path):
+  heartbeat_timeout_s = 10
+  processes = _start_two_processes(
+      tmp_path, 100_000, '--config.checkpoint_every=3',
+      f'--heartbeat_timeout_s={heartbeat_timeout_s}')
+  for process in processes:
+    process_output.read_until(process, 'step 7/', DEADLINE_S)
+  killed = time.time()
+  processes[1].kill()  # SIGKILL: no handler, no goodbye.
+  survivor = _finish(processes[:1], deadline_s=heartbeat_timeout_s + 60)[0]
+  processes[1].wait()
+  assert processes[0].returncode != 0
+  assert time.time() - killed < heartbeat_timeout_s + 60
+  assert 'heartbeat' in survivor, survivor[-3000:]  # Names the likely cause.
+  # The newest complete checkpoint loads, and both processes resume from it.
+  newest = _complete_steps(tmp_path)[-1]
+  assert newest >= 3
+  _, _, state, _ = saved_run.restore_run(str(tmp_path))
+  assert int(state.step) == newest
+  outputs = _train_with_two_processes(tmp_path, newest + 1)
+  assert all(f'Resuming from step {newest}' in out for out in outputs)
+
+
+def test_an_unreachable_coordinator_fails_fast_and_says_what_to_do(tmp_path):
+  started = time.time()
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/wgan_gp.py:res=32',
+       f'--workdir={tmp_path}', '--multihost',
+       f'--coordinator_address=127.0.0.1:{_free_port()}', '--num_processes=2',
+       '--process_id=1', '--initialization_timeout_s=3'],
+      cwd=REPO, env=_env(2), capture_output=True, text=True,
+      timeout=DEADLINE_S)
+  assert result.returncode == 1
+  assert 'nothing answers at the coordinator' in result.stderr
+  assert 'Start process 0' in result.stderr
+  assert time.time() - started < 60

@@ -6,7 +6,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+
+from tests import process_output
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,20 +26,6 @@ def _start(workdir, *flags):
       text=True)
 
 
-def _wait_for(process, text, timeout=240):
-  """Reads output lines until one contains `text`; returns all lines read."""
-  lines, deadline = [], time.time() + timeout
-  while time.time() < deadline:
-    line = process.stdout.readline()
-    if not line:
-      break
-    lines.append(line)
-    if text in line:
-      return lines
-  process.kill()
-  raise AssertionError(f'{text!r} not seen; output:\n' + ''.join(lines[-30:]))
-
-
 def _steps(workdir):
   path = os.path.join(workdir, 'checkpoints')
   return sorted(int(d) for d in os.listdir(path) if d.isdigit())
@@ -53,7 +40,7 @@ def _run(workdir, *flags):
 def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path):
   process = _start(tmp_path, '--config.num_train_steps=100000',
                    '--config.checkpoint_every=100000')
-  _wait_for(process, 'step 3/')
+  process_output.read_until(process, 'step 3/')
   process.send_signal(signal.SIGTERM)
   out, _ = process.communicate(timeout=120)
   assert process.returncode == 0, out
@@ -68,7 +55,7 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path):
 def test_sigkill_keeps_the_last_checkpoint_and_resume_continues(tmp_path):
   process = _start(tmp_path, '--config.num_train_steps=100000',
                    '--config.checkpoint_every=2')
-  _wait_for(process, 'step 5/')
+  process_output.read_until(process, 'step 5/')
   process.kill()  # SIGKILL: no handler runs; a save may be in flight
   process.wait(timeout=60)
   saved = _steps(tmp_path)
