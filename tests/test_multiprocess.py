@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from facegan_jax import evaluate
 from facegan_jax import saved_run
 from tests import process_output
 
@@ -76,9 +77,10 @@ def _finish(processes, deadline_s=DEADLINE_S) -> list[str]:
   return outputs
 
 
-def _train_with_two_processes(workdir, num_train_steps: int) -> list[str]:
+def _train_with_two_processes(workdir, num_train_steps: int,
+                              *extra_flags) -> list[str]:
   """Runs main.py as processes 0 and 1 of 2 to the end; their outputs."""
-  processes = _start_two_processes(workdir, num_train_steps)
+  processes = _start_two_processes(workdir, num_train_steps, *extra_flags)
   outputs = _finish(processes)
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output[-3000:]
@@ -95,11 +97,30 @@ def _reference(tmp_path, num_steps: int) -> dict[str, np.ndarray]:
   return dict(np.load(out))
 
 
+def _have_inception_weights() -> bool:
+  from facegan_jax import metrics  # pylint: disable=g-import-not-at-top
+  try:
+    metrics.find_weights(download=False)
+  except metrics.WeightsNotFoundError:
+    return False
+  return True
+
+
+# FID at step 3 of the resumed run, on the whole (64-image) dataset as the
+# reference, so the reference set does not depend on how the data is split.
+EVAL_FLAGS = ('--config.eval_every=3', '--config.eval_num_samples=8',
+              '--config.eval_reference_images=64',
+              '--config.eval_batch_size=8')
+
+
 def test_two_processes_train_and_resume_like_one_process(tmp_path):
   workdir = tmp_path / 'run'
   first = _train_with_two_processes(workdir, 2)
   assert all('on 4 cpu device(s), steps 0->2' in out for out in first)
-  resumed = _train_with_two_processes(workdir, 3)
+  evaluating = _have_inception_weights()
+  eval_flags = (*EVAL_FLAGS, f'--config.eval_cache_dir={tmp_path / "cache2"}'
+               ) if evaluating else ()
+  resumed = _train_with_two_processes(workdir, 3, *eval_flags)
   assert all('Resuming from step 2' in out for out in resumed)
 
   config, _, state, meta = saved_run.restore_run(str(workdir))
@@ -122,6 +143,18 @@ def test_two_processes_train_and_resume_like_one_process(tmp_path):
   assert sorted(os.listdir(workdir / 'samples')) == [
       'ema_0000002.png', 'ema_0000003.png', 'raw_0000002.png',
       'raw_0000003.png']
+
+  if evaluating:
+    # Both processes extracted their shares; one process gets the same FID.
+    record = json.loads((workdir / 'eval' / 'scores.jsonl').read_text())
+    assert record['step'] == 3 and record['num_real'] == 64
+    alone = evaluate.evaluate_workdir(
+        str(workdir), step=3, num_samples=8, reference_images=64,
+        batch_size=8, metrics='fid', progress=False,
+        cache_dir=str(tmp_path / 'cache1'))
+    assert alone['dataset_fingerprint'] == record['dataset_fingerprint']
+    assert alone['fid'] == pytest.approx(record['fid'], rel=1e-6)
+    assert os.listdir(workdir / 'best') == ['3']  # Written once, by Orbax.
 
   # One process resuming a 2-process run says that the data order changes.
   flags = [f'--config.{key}={value}' for key, value in OVERRIDES.items()]
