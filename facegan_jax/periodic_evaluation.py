@@ -10,12 +10,12 @@ resume); `keep_best` saves the best state as a real checkpoint in
 
 import json
 import math
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from facegan_jax import checkpointing
@@ -63,8 +63,8 @@ class PeriodicEvaluator:
     self.every = config.eval_every
     self.num_samples = config.eval_num_samples
     self.metrics = scoring.parse_metrics(config.eval_metrics)
-    self.best_dir = os.path.join(workdir, 'best')
-    self.scores_path = os.path.join(workdir, 'eval', 'scores.jsonl')
+    self.best_dir = epath.Path(workdir) / 'best'
+    self.scores_path = epath.Path(workdir) / 'eval' / 'scores.jsonl'
     self.progress = progress
     self.best_fid = math.inf
     self.best_step = None
@@ -119,10 +119,8 @@ class PeriodicEvaluator:
       self.best_fid, self.best_step = fid, int(step)
     self._agree_on_best()
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(self.scores_path), exist_ok=True)
-      with open(self.scores_path, 'a') as stream:
-        stream.write(json.dumps(scoring.json_ready(result),
-                                sort_keys=True) + '\n')
+      self._append_record(json.dumps(scoring.json_ready(result),
+                                     sort_keys=True))
     scores = {key: float(result[key]) for name in self.metrics
               for key in scoring.METRIC_KEYS[name]}
     if 'fid' in self.metrics:
@@ -147,9 +145,16 @@ class PeriodicEvaluator:
       self._best_checkpointer.close()
       self._best_checkpointer = None
 
+  def _append_record(self, line: str) -> None:
+    # Rewritten whole, not appended: bucket files (epath) cannot be appended
+    # to, and this file holds one short line per evaluation.
+    self.scores_path.parent.mkdir(parents=True, exist_ok=True)
+    old = self.scores_path.read_text() if self.scores_path.exists() else ''
+    self.scores_path.write_text(old + line + '\n')
+
   def _recall_best(self, start_step: int | None) -> None:
     """best_fid/best_step from earlier, comparable records of this run."""
-    if jax.process_index() != 0 or not os.path.isfile(self.scores_path):
+    if jax.process_index() != 0 or not self.scores_path.exists():
       self._agree_on_best()
       return
     # A FID is comparable only with the same weights, reference and samples.
@@ -160,18 +165,17 @@ class PeriodicEvaluator:
         'num_fake': float(self.num_samples),
         'sample_seed': scoring.EVAL_SEED,
         'use_ema': True}
-    with open(self.scores_path) as stream:
-      for line in stream:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # A line cut short by a crash.
-        fid, step = record.get('fid'), record.get('step')
-        if (isinstance(fid, (int, float)) and isinstance(step, int) and
-            (start_step is None or step <= start_step) and
-            fid < self.best_fid and
-            all(record.get(k) == v for k, v in expected.items())):
-          self.best_fid, self.best_step = float(fid), step
+    for line in self.scores_path.read_text().splitlines():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue  # A line cut short by a crash.
+      fid, step = record.get('fid'), record.get('step')
+      if (isinstance(fid, (int, float)) and isinstance(step, int) and
+          (start_step is None or step <= start_step) and
+          fid < self.best_fid and
+          all(record.get(k) == v for k, v in expected.items())):
+        self.best_fid, self.best_step = float(fid), step
     self._agree_on_best()
 
   def _agree_on_best(self) -> None:
