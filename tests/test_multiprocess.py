@@ -220,16 +220,31 @@ def test_a_killed_peer_ends_the_survivor_and_both_resume(tmp_path):
   assert all(f'Resuming from step {newest}' in out for out in outputs)
 
 
-def test_an_unreachable_coordinator_fails_fast_and_says_what_to_do(tmp_path):
-  started = time.time()
-  result = subprocess.run(
+def _join_alone(tmp_path, process_id: int) -> subprocess.CompletedProcess:
+  """main.py as one process of 2 whose peer never starts (3 s timeout)."""
+  return subprocess.run(
       [sys.executable, 'main.py', '--config=configs/wgan_gp.py:res=32',
        f'--workdir={tmp_path}', '--multihost',
        f'--coordinator_address=127.0.0.1:{_free_port()}', '--num_processes=2',
-       '--process_id=1', '--initialization_timeout_s=3'],
+       f'--process_id={process_id}', '--initialization_timeout_s=3'],
       cwd=REPO, env=_env(2), capture_output=True, text=True,
       timeout=DEADLINE_S)
+
+
+def test_an_unreachable_coordinator_fails_fast_and_says_what_to_do(tmp_path):
+  started = time.time()
+  result = _join_alone(tmp_path, process_id=1)
   assert result.returncode == 1
   assert 'nothing answers at the coordinator' in result.stderr
   assert 'Start process 0' in result.stderr
+  assert time.time() - started < 60
+
+
+def test_a_coordinator_whose_peers_never_come_gives_up_in_time(tmp_path):
+  started = time.time()
+  result = _join_alone(tmp_path, process_id=0)
+  assert result.returncode != 0
+  # JAX ends the process from C++; the line printed before says what it means.
+  assert 'waiting up to 3s for every process' in result.stderr
+  assert 'DEADLINE_EXCEEDED' in result.stderr
   assert time.time() - started < 60
