@@ -37,11 +37,13 @@ from typing import Any
 
 from absl import app
 from absl import flags
+import jax
 import numpy as np
 from PIL import Image
 
-from facegan_jax import scoring
 from facegan_jax import metrics as metrics_lib
+from facegan_jax import multihost
+from facegan_jax import scoring
 from facegan_jax import partitioning
 from facegan_jax import saved_run
 from input_pipeline import image_files
@@ -90,6 +92,8 @@ _CACHE_DIR = flags.DEFINE_string(
     '$FACEGAN_CACHE, else ~/.cache/facegan_jax).')
 
 # How --resolution resizes; part of the output's provenance.
+flags.adopt_module_key_flags(multihost)  # Listed by --help.
+
 RESIZE_FILTER = Image.Resampling.BICUBIC
 
 
@@ -253,6 +257,22 @@ def to_json(result: dict[str, Any]) -> str:
   return json.dumps(scoring.json_ready(ordered), allow_nan=False)
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+  """Sends everything written to stdout to stderr, C++ libraries included
+  (gloo prints its connections to file descriptor 1)."""
+  sys.stdout.flush()
+  saved = os.dup(1)
+  os.dup2(2, 1)
+  try:
+    with contextlib.redirect_stdout(sys.stderr):
+      yield
+  finally:
+    sys.stdout.flush()
+    os.dup2(saved, 1)
+    os.close(saved)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -262,11 +282,13 @@ def main(argv: list[str]) -> None:
                          'and --fake_dir=DIR (see --help).')
   if folders and (_REAL_DIR.value is None or _FAKE_DIR.value is None):
     raise app.UsageError('--real_dir and --fake_dir go together.')
+  # Several processes (--multihost) share the work; process 0 prints.
+  multihost.join_if_asked()
   common = dict(batch_size=_BATCH_SIZE.value, metrics=_METRICS.value,
                 weights_path=_WEIGHTS.value)
   try:
     # Only the JSON goes to stdout, whatever the libraries print.
-    with contextlib.redirect_stdout(sys.stderr):
+    with _stdout_to_stderr():
       if folders:
         result = evaluate_folders(_REAL_DIR.value, _FAKE_DIR.value,
                                   num=_NUM.value,
@@ -281,7 +303,8 @@ def main(argv: list[str]) -> None:
     # Bad folders, checkpoints, flags or missing weights: say what to do,
     # without a traceback.
     sys.exit(f'Error: {error}')
-  print(to_json(result), flush=True)
+  if jax.process_index() == 0:
+    print(to_json(result), flush=True)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,8 @@
 """Joining a multi-process run (TPU pods, GPU clusters, localhost trials).
 
-`join()` wraps `jax.distributed.initialize` with the timeouts a user can set
+Defines the command-line flags main.py and the evaluate tool share
+(--multihost, --coordinator_address, --num_processes, --process_id and the
+timeouts); `join_if_asked()` acts on them. `join()` wraps `jax.distributed.initialize` with the timeouts a user can set
 on the command line and with errors that say what to do. JAX's client
 aborts the process from C++ when the coordinator cannot be reached or a peer
 stops sending heartbeats, so the context is printed before joining, and a
@@ -13,6 +15,31 @@ import sys
 import time
 
 import jax
+from absl import flags
+
+_MULTIHOST = flags.DEFINE_bool(
+    'multihost', False,
+    'Multi-process run (TPU pod, several GPU hosts, or processes on one '
+    'machine): join the others through jax.distributed, auto-detected on '
+    'TPU and SLURM or from the three flags below.')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None,
+    'host:port of process 0, for --multihost without auto-detection.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'This process, 0..num_processes-1.')
+_INITIALIZATION_TIMEOUT_S = flags.DEFINE_integer(
+    'initialization_timeout_s', 300,
+    'Multi-process: seconds to wait for every process to connect to the '
+    'coordinator before giving up.')
+_HEARTBEAT_TIMEOUT_S = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 60,
+    'Multi-process: a process silent for this long is declared dead, and '
+    'the others exit with an error (instead of waiting for it forever).')
+_SHUTDOWN_TIMEOUT_S = flags.DEFINE_integer(
+    'shutdown_timeout_s', 60,
+    'Multi-process: seconds a finished process waits for the others at exit.')
 
 
 def _wait_for_port(address: str, timeout_s: float) -> bool:
@@ -67,3 +94,12 @@ def join(coordinator_address: str | None, num_processes: int | None,
       initialization_timeout=initialization_timeout_s,
       heartbeat_timeout_seconds=heartbeat_timeout_s,
       shutdown_timeout_seconds=shutdown_timeout_s)
+
+
+def join_if_asked() -> None:
+  """Joins the multi-process run when --multihost was given."""
+  if _MULTIHOST.value:
+    join(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+         initialization_timeout_s=_INITIALIZATION_TIMEOUT_S.value,
+         heartbeat_timeout_s=_HEARTBEAT_TIMEOUT_S.value,
+         shutdown_timeout_s=_SHUTDOWN_TIMEOUT_S.value)

@@ -155,6 +155,21 @@ def test_two_processes_train_and_resume_like_one_process(tmp_path):
     assert alone['dataset_fingerprint'] == record['dataset_fingerprint']
     assert alone['fid'] == pytest.approx(record['fid'], rel=1e-6)
     assert os.listdir(workdir / 'best') == ['3']  # Written once, by Orbax.
+    # The evaluate tool across two processes: the same FID, printed once.
+    port = _free_port()
+    tools = [subprocess.Popen(
+        [sys.executable, '-m', 'facegan_jax.evaluate', f'--workdir={workdir}',
+         '--step=3', '--num_samples=8', '--reference_images=64',
+         '--batch_size=8', '--metrics=fid', f'--cache_dir={tmp_path / "c3"}',
+         '--multihost', f'--coordinator_address=127.0.0.1:{port}',
+         '--num_processes=2', f'--process_id={index}'],
+        cwd=REPO, env=_env(2), stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True) for index in range(2)]
+    printed = _finish(tools)
+    assert [tool.returncode for tool in tools] == [0, 0]
+    assert printed[1] == ''
+    assert json.loads(printed[0])['fid'] == pytest.approx(record['fid'],
+                                                          rel=1e-6)
 
   # One process resuming a 2-process run says that the data order changes.
   flags = [f'--config.{key}={value}' for key, value in OVERRIDES.items()]
