@@ -156,11 +156,14 @@ def test_two_processes_train_and_resume_like_one_process(tmp_path):
     assert alone['fid'] == pytest.approx(record['fid'], rel=1e-6)
     assert os.listdir(workdir / 'best') == ['3']  # Written once, by Orbax.
     # The evaluate tool across two processes: the same FID, printed once.
+    # Process 0's cache holds the reference statistics, process 1's does not
+    # (caches local to each host): both must still extract together.
+    caches = [tmp_path / 'cache1', tmp_path / 'empty_cache']
     port = _free_port()
     tools = [subprocess.Popen(
         [sys.executable, '-m', 'facegan_jax.evaluate', f'--workdir={workdir}',
          '--step=3', '--num_samples=8', '--reference_images=64',
-         '--batch_size=8', '--metrics=fid', f'--cache_dir={tmp_path / "c3"}',
+         '--batch_size=8', '--metrics=fid', f'--cache_dir={caches[index]}',
          '--multihost', f'--coordinator_address=127.0.0.1:{port}',
          '--num_processes=2', f'--process_id={index}'],
         cwd=REPO, env=_env(2), stdout=subprocess.PIPE,

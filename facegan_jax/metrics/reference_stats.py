@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from facegan_jax.metrics import features as features_lib
 from facegan_jax.metrics import fid
@@ -159,13 +160,11 @@ def reference_statistics(
   fields = _key_fields(provenance, fingerprint, num_images, resolution,
                        resize_method)
   path = cache_dir / 'reference_stats' / f'{cache_key(fields)}.npz'
-  if path.is_file() and path.with_suffix('.json').is_file():
-    try:
-      stats = load_reference_statistics(path)
-      if all(stats.info.get(k) == v for k, v in fields.items()):
-        return stats
-    except (ValueError, OSError, KeyError):
-      pass  # Corrupt or stale: recompute and overwrite.
+  cached = _load_matching(path, fields)
+  # Extraction is collective: every process must agree to compute (e.g. the
+  # cache is local to each host and only some hosts have it).
+  if _everywhere(cached is not None):
+    return cached
   features, logits = features_lib.extract_features(
       extractor, batches(), num_images=num_images // jax.process_count(),
       progress=progress,
@@ -175,5 +174,28 @@ def reference_statistics(
               created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
   stats = ReferenceStatistics(mu=mu, sigma=sigma, features=features,
                               logits=logits, info=info)
+  if jax.process_index() != 0:
+    return stats  # Process 0 writes the cache: one writer.
   info = save_reference_statistics(path, stats)
   return dataclasses.replace(stats, info=info)
+
+
+def _load_matching(path: pathlib.Path,
+                   fields: Mapping[str, Any]) -> ReferenceStatistics | None:
+  """The cached statistics at `path` if they match `fields`, else None."""
+  if not (path.is_file() and path.with_suffix('.json').is_file()):
+    return None
+  try:
+    stats = load_reference_statistics(path)
+  except (ValueError, OSError, KeyError):
+    return None  # Corrupt: recompute and overwrite.
+  if all(stats.info.get(k) == v for k, v in fields.items()):
+    return stats
+  return None
+
+
+def _everywhere(condition: bool) -> bool:
+  """Whether `condition` holds on every process."""
+  if jax.process_count() == 1:
+    return condition
+  return bool(multihost_utils.process_allgather(np.array(condition)).all())
