@@ -68,13 +68,10 @@ def accumulate(summary: MetricSummary | None, metrics: Metrics,
   return add(summary, metrics, step)
 
 
-def first_nonfinite_step(summary: MetricSummary) -> int | None:
-  """Host sync: the first step with a NaN/Inf metric, or None."""
-  step = int(jax.device_get(summary.first_nonfinite_step))
-  return None if step < 0 else step
-
-
-def means(summary: MetricSummary) -> dict[str, float]:
-  """Host sync: each metric's mean over the summed steps."""
+def read(summary: MetricSummary) -> tuple[dict[str, float], int | None]:
+  """Host sync (one transfer): each metric's mean over the summed steps, and
+  the first step with a NaN/Inf metric (None if there was none)."""
   host = jax.device_get(summary)
-  return {k: float(np.asarray(v) / host.count) for k, v in host.sums.items()}
+  means = {k: float(np.asarray(v) / host.count) for k, v in host.sums.items()}
+  step = int(host.first_nonfinite_step)
+  return means, None if step < 0 else step

@@ -268,9 +268,11 @@ class _Loop:
     if log or save:
       # Metrics leave the device only here, and a non-finite state is never
       # written over a good checkpoint.
-      self._check_finite()
+      means, bad_step = metric_summary.read(self.summary)
+      if bad_step is not None:
+        raise _non_finite_error(bad_step, means)
     if log:
-      self._report(step)
+      self._report(step, means)
     if step % config.sample_every == 0 or last:
       self._write_sample_grids(state, step)
     scores = self.evaluator(state, step, force=last) if config.eval_every else None
@@ -280,14 +282,9 @@ class _Loop:
     if scores is not None:
       self._report_scores(state, step, scores)
 
-  def _check_finite(self) -> None:
-    bad_step = metric_summary.first_nonfinite_step(self.summary)
-    if bad_step is not None:
-      raise _non_finite_error(bad_step, metric_summary.means(self.summary))
-
-  def _report(self, step: int) -> None:
+  def _report(self, step: int, means: dict[str, float]) -> None:
     """Writes the interval's mean metrics, speed and memory; resets the sums."""
-    scalars = metric_summary.means(self.summary)
+    scalars = dict(means)
     self.summary = None
     scalars.update(self.meter.mark(step))
     scalars.update(monitoring.device_memory())
