@@ -14,23 +14,28 @@ from etils import epath
 from PIL import Image
 
 
-def image_grid(images: np.ndarray, padding: int = 1) -> np.ndarray:
-  """Tiles images [N, H, W, C] in [-1, 1] into one uint8 image [GH, GW, C].
+def image_grid(images: np.ndarray, padding: int = 1,
+               cols: int | None = None) -> np.ndarray:
+  """Tiles images [N, H, W, C] into one uint8 image [GH, GW, C].
 
-  The grid is as square as possible; cells are separated by `padding` black
-  pixels.
+  Args:
+    images: uint8 pixels, or floats in [-1, 1].
+    padding: black pixels between and around the cells.
+    cols: images per row; default as square a grid as possible.
   """
-  images = np.asarray(images, np.float32)
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    images = np.clip(np.rint((images.astype(np.float32) + 1.0) * 127.5), 0,
+                     255).astype(np.uint8)
   n, h, w, c = images.shape
-  cols = math.ceil(math.sqrt(n))
+  cols = cols or math.ceil(math.sqrt(n))
   rows = math.ceil(n / cols)
-  pixels = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
   grid = np.zeros((rows * (h + padding) + padding,
                    cols * (w + padding) + padding, c), np.uint8)
   for i in range(n):
     top = padding + (i // cols) * (h + padding)
     left = padding + (i % cols) * (w + padding)
-    grid[top:top + h, left:left + w] = pixels[i]
+    grid[top:top + h, left:left + w] = images[i]
   return grid
 
 

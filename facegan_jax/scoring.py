@@ -20,7 +20,6 @@ for the 'procedural' and 'folder' sources.
 
 from collections.abc import Iterator, Sequence
 import dataclasses
-import functools
 import math
 import os
 import time
@@ -32,8 +31,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from facegan_jax import latents as latents_lib
 from facegan_jax import metrics as metrics_lib
-from facegan_jax import partitioning
 from facegan_jax import train_step as train_step_lib
 from facegan_jax.metrics import inception
 
@@ -77,25 +76,14 @@ def mesh_of(program: train_step_lib.Program) -> Mesh:
 # --- Generated images ---------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def _latents_fn(mesh: Mesh, batch_size: int, latent_dim: int):
-  """Jitted (key, start) -> z [batch_size, latent_dim], replicated on mesh."""
-  def latents(key, start):
-    indices = start + jnp.arange(batch_size)
-    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i),
-                                                (latent_dim,)))(indices)
-  # Replicated global arrays: valid jit inputs on every process of a pod.
-  return jax.jit(latents, out_shardings=partitioning.replicated(mesh))
-
-
 @jax.jit
-def _to_uint8(images, offset, scale):
+def to_uint8(images, offset, scale):
   """Model outputs -> uint8 pixels, quantized as the feature extractor does."""
   pixels = images.astype(jnp.float32) / scale + offset  # Undo standardize.
   return inception.to_pixels((pixels - 127.5) / 127.5).astype(jnp.uint8)
 
 
-def _pixel_normalization(dataset_config) -> tuple[float, float]:
+def pixel_normalization(dataset_config) -> tuple[float, float]:
   """(offset, scale): model image = (pixel - offset) * scale, as in training."""
   if not dataset_config.standardize:
     return 127.5, 1 / 127.5
@@ -109,7 +97,8 @@ def _pixel_normalization(dataset_config) -> tuple[float, float]:
 def generate_images(config: ml_collections.ConfigDict,
                     program: train_step_lib.Program, state: Any,
                     num_samples: int, batch_size: int, seed: int = EVAL_SEED,
-                    use_ema: bool = True) -> Iterator[np.ndarray]:
+                    use_ema: bool = True, truncation: float = 1.0
+                    ) -> Iterator[np.ndarray]:
   """This process's share of `num_samples` generated images, batch by batch.
 
   Sample i comes from z_i = normal(fold_in(PRNGKey(seed), i)), so the set of
@@ -126,6 +115,7 @@ def generate_images(config: ml_collections.ConfigDict,
       a multiple of the process count.
     seed: the latent stream.
     use_ema: the EMA generator (else the raw one).
+    truncation: psi of `latents.truncate` (1 = none).
 
   Yields:
     uint8 [b, H, W, 3] batches: b = batch_size / process_count but the last.
@@ -135,13 +125,15 @@ def generate_images(config: ml_collections.ConfigDict,
     raise ValueError(f'num_samples={num_samples} must be a multiple of the '
                      f'process count ({num_processes}).')
   batch_size = -(-batch_size // num_processes) * num_processes
-  latents = _latents_fn(mesh_of(program), batch_size, config.model.latent_dim)
-  offset, scale = _pixel_normalization(config.dataset)
+  latents_lib.check_truncation(truncation)
+  draw = latents_lib.stream_fn(mesh_of(program), batch_size,
+                               config.model.latent_dim)
+  offset, scale = pixel_normalization(config.dataset)
   params, g_stats = state.generator_variables(use_ema)
   key = jax.random.PRNGKey(seed)
   for start in range(0, num_samples, batch_size):
-    images = _to_uint8(program.sample(params, g_stats, latents(key, start)),
-                       offset, scale)
+    z = latents_lib.truncate(draw(key, start), truncation)
+    images = to_uint8(program.sample(params, g_stats, z), offset, scale)
     images = np.asarray(images)[:num_samples - start]
     share = images.shape[0] // num_processes
     yield images[process * share:(process + 1) * share]
