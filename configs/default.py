@@ -98,9 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Loss ---------------------------------------------------------------
   config.loss = ml_collections.ConfigDict()
-  config.loss.name = 'wasserstein'  # 'minimax', 'non_saturating', 'wasserstein', 'hinge', 'least_squares'.
-  config.loss.penalty = 'wgan_gp'  # 'none', 'wgan_gp', 'dragan' or 'r1'.
+  config.loss.name = 'wasserstein'  # 'minimax', 'non_saturating', 'wasserstein', 'hinge', 'least_squares', 'relativistic' (RpGAN: fakes paired with reals).
+  config.loss.penalty = 'wgan_gp'  # 'none', 'wgan_gp', 'dragan', 'r1' or 'r1_r2' (zero-centred on real and fake, R3GAN).
   config.loss.penalty_weight = 10.0  # Lambda (gamma for r1, where the penalty is gamma/2 * E|grad|^2).
+  config.loss.r1_every = 1  # Lazy regularization: the penalty on every k-th critic update only, weighted k times (StyleGAN2: 16).
   config.loss.label_smoothing = 0.0  # One-sided: real targets become 1 - label_smoothing.
   config.loss.drift_weight = 0.0  # Epsilon-drift term eps * E[D(real)^2] (Progressive GAN); 0 = off.
 

@@ -39,6 +39,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f'num_train_steps must be >= 0, got {config.num_train_steps}.')
   _require(0.0 <= config.ema_decay < 1.0,
            f'ema_decay must be in [0, 1), got {config.ema_decay}.')
+  _require(isinstance(config.loss.r1_every, int) and config.loss.r1_every >= 1,
+           f'loss.r1_every must be an integer >= 1, got '
+           f'{config.loss.r1_every!r}.')
   _require(0.0 <= config.loss.label_smoothing < 1.0,
            f'loss.label_smoothing must be in [0, 1), got '
            f'{config.loss.label_smoothing}.')

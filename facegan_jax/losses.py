@@ -11,8 +11,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-LOSSES = ('minimax', 'non_saturating', 'wasserstein', 'hinge', 'least_squares')
-PENALTIES = ('none', 'wgan_gp', 'dragan', 'r1')
+LOSSES = ('minimax', 'non_saturating', 'wasserstein', 'hinge', 'least_squares',
+          'relativistic')
+PENALTIES = ('none', 'wgan_gp', 'dragan', 'r1', 'r1_r2')
+# Losses whose generator side also scores real images.
+PAIRED_LOSSES = ('relativistic',)
 
 CriticFn = Callable[[jax.Array], jax.Array]
 
@@ -48,11 +51,18 @@ def critic_loss(name: str, real_scores: jax.Array, fake_scores: jax.Array,
   if name == 'least_squares':
     return 0.5 * (jnp.square(real_scores - real_target).mean() +
                   jnp.square(fake_scores).mean())
+  if name == 'relativistic':
+    return jax.nn.softplus(fake_scores - real_scores).mean()
   raise ValueError(f'Unknown loss.name {name!r}; valid: {", ".join(LOSSES)}')
 
 
-def generator_loss(name: str, fake_scores: jax.Array) -> jax.Array:
-  """The generator's loss given critic outputs [B] on its images."""
+def generator_loss(name: str, fake_scores: jax.Array,
+                   real_scores: jax.Array | None = None) -> jax.Array:
+  """The generator's loss given critic outputs [B] on its images.
+
+  `real_scores` [B] (critic outputs on real images, paired with the fakes
+  one to one) are needed by the PAIRED_LOSSES only.
+  """
   if name == 'minimax':
     # Minimizes log(1 - D(G(z))) = -softplus(logit): the original, saturating game.
     return -jax.nn.softplus(fake_scores).mean()
@@ -62,6 +72,9 @@ def generator_loss(name: str, fake_scores: jax.Array) -> jax.Array:
     return -fake_scores.mean()
   if name == 'least_squares':
     return 0.5 * jnp.square(fake_scores - 1.0).mean()
+  if name == 'relativistic':
+    # RpGAN (Huang et al. 2024, R3GAN): each fake against its paired real.
+    return jax.nn.softplus(real_scores - fake_scores).mean()
   raise ValueError(f'Unknown loss.name {name!r}; valid: {", ".join(LOSSES)}')
 
 
@@ -122,6 +135,18 @@ def r1_penalty(critic_fn: CriticFn, real: jax.Array,
   return 0.5 * weight * jnp.mean(squared)
 
 
+def r1_r2_penalty(critic_fn: CriticFn, real: jax.Array, fake: jax.Array,
+                  weight: float) -> jax.Array:
+  """R1 + R2 (R3GAN): zero-centred gradient penalties on real and on fake.
+
+  weight / 2 * (E||grad D(x_real)||^2 + E||grad D(x_fake)||^2); the two
+  sets go through the critic separately (a minibatch-stddev layer would
+  otherwise mix them).
+  """
+  return (r1_penalty(critic_fn, real, weight) +
+          r1_penalty(critic_fn, jax.lax.stop_gradient(fake), weight))
+
+
 def penalty(name: str, critic_fn: CriticFn, real: jax.Array, fake: jax.Array,
             rng: jax.Array, weight: float) -> jax.Array:
   """Dispatches to the penalty `name` (one of PENALTIES); 'none' gives 0."""
@@ -133,5 +158,7 @@ def penalty(name: str, critic_fn: CriticFn, real: jax.Array, fake: jax.Array,
     return dragan_penalty(critic_fn, real, rng, weight)
   if name == 'r1':
     return r1_penalty(critic_fn, real, weight)
+  if name == 'r1_r2':
+    return r1_r2_penalty(critic_fn, real, fake, weight)
   raise ValueError(
       f'Unknown loss.penalty {name!r}; valid: {", ".join(PENALTIES)}')

@@ -118,11 +118,17 @@ class GanUpdate:
     return jax.lax.with_sharding_constraint(
         x, partitioning.batch_sharding(self.mesh))
 
-  def generate(self, g_params, g_stats, z):
-    """Images [B, H, W, 3] in training mode, and the updated batch stats."""
+  def generate(self, g_params, g_stats, z, rng):
+    """Images [B, H, W, 3] in training mode, and the updated batch stats.
+
+    `rng` feeds the generators that draw randomness while training
+    (StyleGAN2's per-pixel noise and style mixing); the others ignore it.
+    """
+    noise_rng, mixing_rng = jax.random.split(rng)
     images, updates = self.generator.apply(
         _variables(g_params, g_stats), self.shard_batch(z), train=True,
-        mutable=['batch_stats'])
+        mutable=['batch_stats'],
+        rngs={'noise': noise_rng, 'style_mix': mixing_rng})
     return self.shard_batch(images), updates.get('batch_stats', g_stats)
 
   def critic(self, d_params, d_stats, images, train: bool):
@@ -132,16 +138,30 @@ class GanUpdate:
         mutable=['batch_stats'])
     return scores, updates.get('batch_stats', d_stats)
 
-  def critic_loss(self, d_params, d_stats, real, fake, penalty_rng):
-    """The critic's objective with penalty and drift; (loss, (stats, aux))."""
+  def critic_loss(self, d_params, d_stats, real, fake, penalty_rng,
+                  update_index):
+    """The critic's objective with penalty and drift; (loss, (stats, aux)).
+
+    Lazy regularization (Karras et al. 2020): with loss.r1_every = k > 1 the
+    penalty is computed on every k-th critic update only (`update_index`
+    counts them over the run), weighted k times to keep its strength.
+    """
     loss_config = self.config.loss
     real_scores, stats = self.critic(d_params, d_stats, real, train=True)
     fake_scores, stats = self.critic(d_params, stats, fake, train=True)
     adversarial = losses.critic_loss(loss_config.name, real_scores,
                                      fake_scores, loss_config.label_smoothing)
     critic_fn = lambda x: self.critic(d_params, stats, x, train=False)[0]
-    penalty = losses.penalty(loss_config.penalty, critic_fn, real, fake,
-                             penalty_rng, loss_config.penalty_weight)
+    every = loss_config.r1_every
+    penalty_of = lambda weight: losses.penalty(
+        loss_config.penalty, critic_fn, real, fake, penalty_rng, weight)
+    if every == 1 or loss_config.penalty == 'none':
+      penalty = penalty_of(loss_config.penalty_weight)
+    else:
+      penalty = jax.lax.cond(
+          update_index % every == 0,
+          lambda: penalty_of(loss_config.penalty_weight * every),
+          lambda: jnp.zeros((), jnp.float32))
     drift = loss_config.drift_weight * jnp.mean(jnp.square(real_scores))
     d_real, d_fake = real_scores.mean(), fake_scores.mean()
     aux = dict(penalty=penalty, d_real=d_real, d_fake=d_fake,
@@ -151,14 +171,15 @@ class GanUpdate:
   def critic_update(self, g_params, g_stats, carry, inputs):
     """One critic update on one real batch: a `lax.scan` body."""
     d_params, d_opt_state, d_stats = carry
-    real, rng = inputs
-    z_rng, penalty_rng, real_aug_rng, fake_aug_rng = jax.random.split(rng, 4)
+    real, rng, update_index = inputs
+    z_rng, penalty_rng, real_aug_rng, fake_aug_rng, g_rng = jax.random.split(
+        rng, 5)
     z = jax.random.normal(z_rng, (real.shape[0], self.config.model.latent_dim))
-    fake = jax.lax.stop_gradient(self.generate(g_params, g_stats, z)[0])
+    fake = jax.lax.stop_gradient(self.generate(g_params, g_stats, z, g_rng)[0])
     (loss, (d_stats, aux)), grads = jax.value_and_grad(
         self.critic_loss, has_aux=True)(
             d_params, d_stats, self.augment(real, real_aug_rng),
-            self.augment(fake, fake_aug_rng), penalty_rng)
+            self.augment(fake, fake_aug_rng), penalty_rng, update_index)
     updates, d_opt_state = self.d_tx.update(grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, updates)
     metrics = dict(aux, d_loss=loss, d_grad_norm=optax.tree.norm(grads))
@@ -168,11 +189,13 @@ class GanUpdate:
                    ) -> tuple[TrainState, Metrics]:
     """n_critic critic updates, one per real batch of images [n_critic, B, ...]."""
     critic_rng, _, _ = _step_rngs(state)
+    n_critic = images.shape[0]
     (d_params, d_opt_state, d_stats), metrics = jax.lax.scan(
         functools.partial(self.critic_update, state.g_params,
                           state.batch_stats['generator']),
         (state.d_params, state.d_opt_state, state.batch_stats['discriminator']),
-        (images, jax.random.split(critic_rng, images.shape[0])))
+        (images, jax.random.split(critic_rng, n_critic),
+         state.step * n_critic + jnp.arange(n_critic)))
     state = state.replace(
         d_params=d_params, d_opt_state=d_opt_state,
         batch_stats={'generator': state.batch_stats['generator'],
@@ -181,18 +204,30 @@ class GanUpdate:
     metrics['d_lr'] = jnp.asarray(self.d_schedule(state.step), jnp.float32)
     return state, metrics
 
-  def generator_phase(self, state: TrainState, batch_size: int
+  def generator_phase(self, state: TrainState, real: jax.Array
                       ) -> tuple[TrainState, Metrics]:
-    """One generator update on `batch_size` fresh latents, the EMA, step + 1."""
+    """One generator update on B fresh latents, the EMA, step + 1.
+
+    `real` [B, H, W, C]: a real batch, scored only by the losses that pair
+    each fake with a real (losses.PAIRED_LOSSES); its size is B.
+    """
     _, g_rng, g_aug_rng = _step_rngs(state)
-    z = jax.random.normal(g_rng, (batch_size, self.config.model.latent_dim))
+    z_rng, noise_rng, real_aug_rng = jax.random.split(g_rng, 3)
+    z = jax.random.normal(z_rng, (real.shape[0], self.config.model.latent_dim))
     d_stats = state.batch_stats['discriminator']
+    loss_name = self.config.loss.name
+    real_scores = None
+    if loss_name in losses.PAIRED_LOSSES:
+      real_scores, _ = self.critic(state.d_params, d_stats,
+                                   self.augment(real, real_aug_rng), train=True)
+      real_scores = jax.lax.stop_gradient(real_scores)
 
     def loss_fn(g_params):
-      fake, g_stats = self.generate(g_params, state.batch_stats['generator'], z)
+      fake, g_stats = self.generate(g_params, state.batch_stats['generator'], z,
+                                    noise_rng)
       scores, _ = self.critic(state.d_params, d_stats,
                               self.augment(fake, g_aug_rng), train=True)
-      return losses.generator_loss(self.config.loss.name, scores), g_stats
+      return losses.generator_loss(loss_name, scores, real_scores), g_stats
 
     (g_loss, g_stats), g_grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.g_params)
@@ -237,8 +272,9 @@ def make_train_phases(config: ml_collections.ConfigDict,
   Returns:
     critic_phase(state, images [n_critic, B, H, W, C]) -> (state, metrics):
       n_critic critic updates in a lax.scan, each on its own real batch.
-    generator_phase(state, B) -> (state, metrics): one generator update on B
-      fresh latents, the EMA update, and step + 1.
+    generator_phase(state, real [B, H, W, C]) -> (state, metrics): one
+      generator update on B fresh latents (real images are scored by the
+      paired losses only), the EMA update, and step + 1.
   """
   update = GanUpdate(generator, discriminator, g_tx, d_tx, g_schedule,
                      d_schedule, config, mesh)
@@ -257,7 +293,7 @@ def make_train_step(*args, **kwargs
 
   def train_step(state: TrainState, images: jax.Array):
     state, critic_metrics = critic_phase(state, images)
-    state, generator_metrics = generator_phase(state, images.shape[1])
+    state, generator_metrics = generator_phase(state, images[-1])
     return state, {**critic_metrics, **generator_metrics}
 
   return train_step

@@ -71,6 +71,19 @@ def test_least_squares_losses():
                              0.5 * ((fake - 1) ** 2).mean(), rtol=1e-6)
 
 
+def test_relativistic_pairs_each_fake_with_a_real():
+  real, fake = np.asarray(REAL, np.float64), np.asarray(FAKE, np.float64)
+  softplus = lambda x: np.log1p(np.exp(x))
+  np.testing.assert_allclose(losses.critic_loss('relativistic', REAL, FAKE),
+                             softplus(fake - real).mean(), rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.generator_loss('relativistic', FAKE, REAL),
+      softplus(real - fake).mean(), rtol=1e-6)
+  # Pairs, not all real-fake combinations: permuting one side changes it.
+  assert not np.isclose(losses.critic_loss('relativistic', REAL, FAKE[::-1]),
+                        losses.critic_loss('relativistic', REAL, FAKE))
+
+
 def test_unknown_names_are_refused_with_choices():
   with pytest.raises(ValueError, match='hinge'):
     losses.critic_loss('wgan', REAL, FAKE)
@@ -115,6 +128,21 @@ def test_dragan_and_r1_of_linear_critic(linear_setup):
       10.0 * (norm - 1) ** 2, rtol=1e-5)
   np.testing.assert_allclose(losses.r1_penalty(_linear_critic(w), real, 4.0),
                              0.5 * 4.0 * norm ** 2, rtol=1e-5)
+
+
+def test_r1_r2_penalizes_real_and_fake_gradients(linear_setup):
+  # A linear critic has gradient w on real and on fake images alike.
+  w, real, fake = linear_setup
+  norm = float(jnp.linalg.norm(w))
+  np.testing.assert_allclose(
+      losses.penalty('r1_r2', _linear_critic(w), real, fake, None, 4.0),
+      2 * 0.5 * 4.0 * norm ** 2, rtol=1e-5)
+  # A critic that is flat on the fakes' half of the space: only R1 remains.
+  bent = lambda x: jnp.einsum('bhwc,hwc->b', jnp.maximum(x, 1.5), w)
+  shifted = real + 3.0  # every pixel > 1.5: gradient w
+  np.testing.assert_allclose(
+      losses.r1_r2_penalty(bent, shifted, real - 3.0, 4.0),
+      0.5 * 4.0 * norm ** 2, rtol=1e-5)
 
 
 def test_wgan_gp_uses_per_example_norms():

@@ -174,6 +174,7 @@ def test_xla_convolutions_train_like_the_fast_layers(fast_and_xla):
     ('non_saturating', 'dragan', ''),
     ('hinge', 'none', 'color,translation,cutout'),
     ('least_squares', 'r1', ''),
+    ('relativistic', 'r1_r2', ''),
     ('minimax', 'none', '')])
 def test_every_loss_and_penalty_trains(loss, penalty, diffaugment):
   config = tiny_config(**{'loss.name': loss, 'loss.penalty': penalty,
@@ -185,6 +186,28 @@ def test_every_loss_and_penalty_trains(loss, penalty, diffaugment):
   metrics = jax.device_get(metrics)
   assert all(np.isfinite(v) for v in metrics.values())
   assert (metrics['penalty'] > 0) == (penalty != 'none')
+
+
+def test_lazy_penalty_runs_every_k_updates_with_k_times_the_weight():
+  config = tiny_config(**{'loss.name': 'non_saturating', 'loss.penalty': 'r1'})
+  lazy_config = tiny_config(**{'loss.name': 'non_saturating',
+                               'loss.penalty': 'r1', 'loss.r1_every': 4})
+  program, state, _ = _build(config)
+  real = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)),
+                     jnp.float32)
+  fake = -real
+  def penalty(config, update_index):
+    update = train_step_lib.GanUpdate(
+        program.generator, program.discriminator, *[None] * 4, config)
+    _, (_, aux) = update.critic_loss(
+        state.d_params, state.batch_stats['discriminator'], real, fake,
+        jax.random.PRNGKey(0), update_index)
+    return float(aux['penalty'])
+  every_time = penalty(config, 3)
+  assert every_time > 0
+  np.testing.assert_allclose(penalty(lazy_config, 8), 4 * every_time,
+                             rtol=1e-5)
+  assert penalty(lazy_config, 9) == 0 and penalty(lazy_config, 3) == 0
 
 
 def _worker(tmp_path, num_devices):
