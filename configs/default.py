@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   # --- Run length, logging, checkpoints -----------------------------------
   config.seed = 0  # Seeds parameters, noise and the data order.
   config.num_train_steps = 20_000  # Generator updates (each after n_critic critic updates).
+  config.max_train_minutes = 0.0  # Wall-clock budget from launching main.py: then stop as on SIGTERM (checkpoint, sample grids, exit 0); 0 = none.
   config.batch_size = 64  # Global images per critic update, over all devices and hosts.
   config.log_every = 50  # Steps between console/TensorBoard metric reports.
   config.sample_every = 500  # Steps between PNG sample grids written to the workdir.

@@ -35,7 +35,7 @@ RESUME_SAFE_KEYS = frozenset({
     'checkpoint_every', 'keep_checkpoints', 'eval_every', 'eval_num_samples',
     'allow_config_change', 'init_from', 'profile_steps', 'eval_metrics',
     'eval_batch_size', 'eval_reference_images', 'eval_weights',
-    'eval_cache_dir', 'nan_rollback_lr_scale',
+    'eval_cache_dir', 'nan_rollback_lr_scale', 'max_train_minutes',
 })
 
 WEIGHT_FIELDS = ('g_params', 'd_params', 'ema_params', 'batch_stats',

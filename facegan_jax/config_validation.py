@@ -35,6 +35,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ('batch_size', 'n_critic', 'log_every', 'sample_every',
               'checkpoint_every', 'num_samples', 'keep_checkpoints'):
     _require(config[key] >= 1, f'{key} must be >= 1, got {config[key]}.')
+  _require(config.max_train_minutes >= 0,
+           f'max_train_minutes must be >= 0 (0 = no budget), got '
+           f'{config.max_train_minutes}.')
   _require(config.num_train_steps >= 0,
            f'num_train_steps must be >= 0, got {config.num_train_steps}.')
   _require(0.0 <= config.ema_decay < 1.0,

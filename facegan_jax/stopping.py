@@ -14,11 +14,17 @@ preempted host) or reaches them at different moments.
   to this process as SIGTERM so it takes the same path.
 
 A second Ctrl-C (or, with one process, a second SIGTERM) exits at once.
+
+A wall-clock budget (`deadline`) stops the run the same way. Clocks of
+several processes disagree, so there process 0's clock decides, broadcast to
+all every `sync_every` steps (a collective: rare enough to cost nothing).
 """
 
 import os
 import signal
+import time
 
+import numpy as np
 from jax.experimental import multihost_utils
 
 
@@ -32,9 +38,17 @@ class StopRequest:
         if stop.reached(step): ...save and break...
   """
 
-  def __init__(self, multiprocess: bool):
+  def __init__(self, multiprocess: bool, deadline: float | None = None,
+               sync_every: int = 1):
+    """Args: multiprocess: several JAX processes run the loop; deadline:
+    time.monotonic() value after which the run stops (None = no budget);
+    sync_every: with several processes, the deadline is checked at steps
+    that are multiples of this."""
     self.multiprocess = multiprocess
+    self.deadline = deadline
+    self.sync_every = sync_every
     self.requested = False  # A signal arrived at this process.
+    self.out_of_time = False  # The deadline passed (agreed by all).
     self._previous = {}
 
   def __enter__(self):
@@ -57,8 +71,23 @@ class StopRequest:
     With several processes the answer is the same on all of them.
     """
     if self.multiprocess:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
+      signalled = multihost_utils.reached_preemption_sync_point(step)
+    else:
+      signalled = self.requested
+    return signalled or self._deadline_passed(step)
+
+  def _deadline_passed(self, step: int) -> bool:
+    if self.deadline is None:
+      return False
+    if not self.multiprocess:
+      passed = time.monotonic() >= self.deadline
+    elif step % self.sync_every == 0:
+      passed = bool(multihost_utils.broadcast_one_to_all(
+          np.asarray(time.monotonic() >= self.deadline)))
+    else:
+      return False
+    self.out_of_time = self.out_of_time or passed
+    return passed
 
   def _handle(self, signum, frame):
     del frame

@@ -37,18 +37,26 @@ class NonFiniteLossError(FloatingPointError):
   """A loss or metric became NaN or Inf."""
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> Any:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       launched: float | None = None) -> Any:
   """Trains until `config.num_train_steps`; returns the final TrainState.
+
+  With `config.max_train_minutes`, the run also stops (checkpoint, sample
+  grids, return) once that much wall-clock time has passed since `launched`
+  (a time.monotonic() value; main.py passes its start; None = now).
 
   With `nan_rollback_lr_scale` in (0, 1), a non-finite loss does not end the
   run: it resumes from the last checkpoint (never a non-finite one; from
   scratch if none was written yet) with both learning rates scaled, up to
   _MAX_ROLLBACKS times.
   """
+  deadline = None
+  if config.max_train_minutes:
+    launched = time.monotonic() if launched is None else launched
+    deadline = launched + 60 * config.max_train_minutes
   for rollback in range(_MAX_ROLLBACKS + 1):
     try:
-      return _train(config, workdir)
+      return _train(config, workdir, deadline)
     except NonFiniteLossError as error:
       scale = config.nan_rollback_lr_scale
       if not 0 < scale < 1 or rollback == _MAX_ROLLBACKS:
@@ -66,7 +74,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config.allow_config_change = True
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> Any:
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           deadline: float | None) -> Any:
   """One attempt of `train_and_evaluate`."""
   validate_config(config)
   input_pipeline.validate_dataset_config(config.dataset)
@@ -90,7 +99,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> Any:
           f'steps {int(state.step)}->{config.num_train_steps}, workdir '
           f'{workdir}', flush=True)
     loop = _Loop(config, program, mesh, checkpointer, workdir)
-    return loop.run(state)
+    return loop.run(state, deadline)
 
 
 def _restore_or_init(config, program, checkpointer, workdir):
@@ -209,7 +218,7 @@ class _Loop:
             (config.num_samples, config.model.latent_dim))),
         partitioning.replicated(mesh))
 
-  def run(self, state):
+  def run(self, state, deadline: float | None = None):
     config = self.config
     start_step = step = int(state.step)
     if start_step == 0:
@@ -225,7 +234,8 @@ class _Loop:
     started = time.perf_counter()
     batches = _local_batches(config, start_step)
     try:
-      with stopping.StopRequest(jax.process_count() > 1) as stop:
+      with stopping.StopRequest(jax.process_count() > 1, deadline,
+                                config.log_every) as stop:
         while step < config.num_train_steps:
           local_images = next(batches)
           if step == 0:
@@ -249,7 +259,10 @@ class _Loop:
           stop_now = stop.reached(step)
           self._after_step(state, step, stop_now)
           if stop_now:
-            print(f'Stopped at step {step}; checkpoint saved. Run the same '
+            reason = (f'The time budget (max_train_minutes='
+                      f'{config.max_train_minutes:g}) is spent: stopped'
+                      if stop.out_of_time else 'Stopped')
+            print(f'{reason} at step {step}; checkpoint saved. Run the same '
                   'command to resume.', flush=True)
             break
     finally:
@@ -273,7 +286,7 @@ class _Loop:
         raise _non_finite_error(bad_step, means)
     if log:
       self._report(step, means)
-    if step % config.sample_every == 0 or last:
+    if step % config.sample_every == 0 or last or stop_now:
       self._write_sample_grids(state, step)
     scores = self.evaluator(state, step, force=last) if config.eval_every else None
     if save:

@@ -47,9 +47,23 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path):
   assert 'checkpoint saved' in out
   saved = _steps(tmp_path)
   assert len(saved) == 1 and saved[0] >= 3
+  # The sample grids of the last step, as at the end of a run.
+  assert os.path.exists(tmp_path / 'samples' / f'ema_{saved[0]:07d}.png')
   resumed = _run(tmp_path, f'--config.num_train_steps={saved[0] + 1}')
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
   assert f'Resuming from step {saved[0]}' in resumed.stdout
+
+
+def test_time_budget_stops_like_sigterm(tmp_path):
+  # 0.25 minutes from launch: imports and compilation take part of it.
+  result = _run(tmp_path, '--config.num_train_steps=100000',
+                '--config.checkpoint_every=100000',
+                '--config.max_train_minutes=0.25')
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'The time budget (max_train_minutes=0.25) is spent' in result.stdout
+  saved = _steps(tmp_path)
+  assert len(saved) == 1 and 1 <= saved[0] < 100000
+  assert os.path.exists(tmp_path / 'samples' / f'ema_{saved[0]:07d}.png')
 
 
 def test_sigkill_keeps_the_last_checkpoint_and_resume_continues(tmp_path):
