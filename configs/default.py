@@ -87,14 +87,16 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- Models -------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
-  config.model.generator = 'dcgan'  # 'dcgan' or 'resnet'.
-  config.model.discriminator = 'dcgan'  # 'dcgan', 'resnet' or 'small_cnn'.
+  config.model.generator = 'dcgan'  # 'dcgan', 'resnet' or 'stylegan2'.
+  config.model.discriminator = 'dcgan'  # 'dcgan', 'resnet', 'small_cnn' or 'stylegan2'.
   config.model.latent_dim = 128  # Size of the generator's input noise z.
   config.model.g_width = 64  # Channels of the generator's last (widest-resolution) block.
   config.model.d_width = 64  # Channels of the discriminator's first block.
   config.model.g_norm = 'batch'  # Generator normalization: 'batch' or 'none'.
   config.model.d_norm = 'none'  # Critic normalization: 'none', 'layer' or 'batch' (not with penalties).
   config.model.spectral_norm = False  # Spectral normalization of every critic layer.
+  config.model.mapping_layers = 8  # StyleGAN2: dense layers of the mapping network z -> w.
+  config.model.style_mixing_prob = 0.9  # StyleGAN2: probability of mixing two latents' styles in training.
   config.model.conv_impl = 'auto'  # 'auto' (fast layers on CPU, XLA convs elsewhere), 'fast' or 'xla'.
 
   # --- Loss ---------------------------------------------------------------

@@ -161,7 +161,8 @@ def _unit_range_fn(dataset_config: ml_collections.ConfigDict):
   undone inside the exported function.
   """
   if not dataset_config.standardize:
-    return lambda images: images  # tanh outputs: already in [-1, 1].
+    # tanh outputs are in [-1, 1] already; StyleGAN2's have no tanh.
+    return lambda images: jnp.clip(images, -1.0, 1.0)
   offset, scale = scoring.pixel_normalization(dataset_config)
   offset = np.asarray(offset, np.float32)
   scale = np.asarray(scale, np.float32)

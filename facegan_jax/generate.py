@@ -63,8 +63,9 @@ _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'Allow writing into a non-empty --out_dir, --project '
     'folder or --export folder.')
 _TRUNCATION = flags.DEFINE_float(
-    'truncation', 1.0, 'Truncation psi, 0 < psi <= 1: latents are scaled by '
-    'psi towards the mean (1 = off).')
+    'truncation', 1.0, 'Truncation psi, 0 < psi <= 1: latents are pulled '
+    'towards their mean by psi (in w for StyleGAN2, in z otherwise; 1 = '
+    'off).')
 _INTERPOLATE = flags.DEFINE_integer(
     'interpolate', None, 'Latent walk: K frames between each of --num '
     'keyframes (spherical interpolation).')
@@ -114,14 +115,14 @@ class _Generator:
     self.render = projection.render_fn(self.config, self.program, self.state,
                                        use_ema)
 
-  def images(self, z: np.ndarray) -> np.ndarray:
+  def images(self, z: np.ndarray, truncation: float) -> np.ndarray:
     """uint8 [N, H, W, 3] of latents [N, d], batch_size at a time."""
     batches = []
     for start in range(0, len(z), self.batch_size):
       batch = z[start:start + self.batch_size]
       padded = np.zeros((self.batch_size, self.latent_dim), np.float32)
       padded[:len(batch)] = batch  # One compiled shape for every batch.
-      images = self.program.sample(*self.variables, padded)
+      images = self.program.sample(*self.variables, padded, truncation)
       batches.append(np.asarray(
           scoring.to_uint8(images, self.offset, self.scale))[:len(batch)])
     return np.concatenate(batches)
@@ -180,9 +181,10 @@ def write_walk(generator: _Generator, frames_between: int, keyframes: int,
                frame_ms: int) -> None:
   """The animation at `out` and a strip (one row per segment) beside it."""
   animation, strip = animation_paths(out)
-  keys = latents_lib.truncate(latents_lib.latent_vectors(
-      generator.mesh, seed, keyframes, generator.latent_dim), truncation)
-  frames = generator.images(latents_lib.walk(keys, frames_between))
+  keys = latents_lib.latent_vectors(generator.mesh, seed, keyframes,
+                                    generator.latent_dim)
+  frames = generator.images(latents_lib.walk(keys, frames_between),
+                            truncation)
   row = frames_between + 1
   segments = [frames[i:i + row + 1] for i in range(0, len(frames) - 1, row)]
   monitoring.save_png(monitoring.image_grid(np.concatenate(segments), cols=row + 1),

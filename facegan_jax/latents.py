@@ -47,14 +47,14 @@ def check_truncation(psi: float) -> None:
                      '(1 = no truncation, 0.7 is a common choice).')
 
 
-def truncate(z, psi: float):
-  """Pulls latents towards the mean latent (0): z -> psi * z.
+def truncate(z, psi):
+  """Pulls Gaussian latents towards their mean (0): z -> psi * z.
 
-  The truncation trick of StyleGAN, applied to the Gaussian input: psi < 1
-  trades variety for typical, cleaner faces; psi = 1 changes nothing.
+  The truncation trick of StyleGAN, applied to the generator's input (the
+  StyleGAN2 generator applies it to w instead); psi < 1 trades variety for
+  typical, cleaner faces, psi = 1 changes nothing. Works on traced values.
   """
-  check_truncation(psi)
-  return z if psi == 1 else z * np.float32(psi)
+  return z * psi
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

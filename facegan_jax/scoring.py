@@ -115,7 +115,8 @@ def generate_images(config: ml_collections.ConfigDict,
       a multiple of the process count.
     seed: the latent stream.
     use_ema: the EMA generator (else the raw one).
-    truncation: psi of `latents.truncate` (1 = none).
+    truncation: psi of the truncation trick, 0 < psi <= 1 (1 = none; see
+      `train_step.make_sample_fn`).
 
   Yields:
     uint8 [b, H, W, 3] batches: b = batch_size / process_count but the last.
@@ -132,8 +133,8 @@ def generate_images(config: ml_collections.ConfigDict,
   params, g_stats = state.generator_variables(use_ema)
   key = jax.random.PRNGKey(seed)
   for start in range(0, num_samples, batch_size):
-    z = latents_lib.truncate(draw(key, start), truncation)
-    images = to_uint8(program.sample(params, g_stats, z), offset, scale)
+    images = to_uint8(program.sample(params, g_stats, draw(key, start),
+                                     truncation), offset, scale)
     images = np.asarray(images)[:num_samples - start]
     share = images.shape[0] // num_processes
     yield images[process * share:(process + 1) * share]

@@ -19,6 +19,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from facegan_jax import latents
 from facegan_jax import losses
 from facegan_jax.diffaugment import diff_augment
 from facegan_jax import models
@@ -307,7 +308,9 @@ def sample_chunk() -> int:
 
 def make_sample_fn(generator: nn.Module,
                    chunk: int | None = None) -> Callable[..., jax.Array]:
-  """`sample(params, g_stats, z) -> images [N, H, W, 3]` in inference mode.
+  """`sample(params, g_stats, z, truncation=1.0) -> images [N, H, W, 3]`.
+
+  Inference mode; `truncation` is psi of the truncation trick (1 = none).
 
   The image of a latent does not depend on the batch it is drawn in, bit for
   bit: XLA's convolutions round differently at different batch sizes, so the
@@ -317,13 +320,24 @@ def make_sample_fn(generator: nn.Module,
   agree image for image, whatever their batch sizes.
   """
   chunk = chunk or sample_chunk()
+  # Truncation where the generator's latents are Gaussian around a known
+  # mean: in w for style-based generators, else in z.
+  in_w_space = getattr(generator, 'truncation_space', 'z') == 'w'
 
-  def sample(params, g_stats, z):
+  def images_of(params, g_stats, z, truncation):
+    variables = _variables(params, g_stats)
+    if in_w_space:
+      return generator.apply(variables, z, train=False,
+                             truncation_psi=truncation)
+    return generator.apply(variables, latents.truncate(z, truncation),
+                           train=False)
+
+  def sample(params, g_stats, z, truncation=1.0):
     num, latent_dim = z.shape
     chunks = -(-num // chunk)
     z = jnp.pad(z, ((0, chunks * chunk - num), (0, 0)))
     images = jax.lax.map(
-        lambda z: generator.apply(_variables(params, g_stats), z, train=False),
+        lambda z: images_of(params, g_stats, z, truncation),
         z.reshape(chunks, chunk, latent_dim))
     return images.reshape(-1, *images.shape[2:])[:num]
   return sample
@@ -337,7 +351,8 @@ class Program:
     init: rng -> TrainState, born sharded (params replicated).
     step: (state, images [n_critic, B, H, W, C]) -> (state, metrics); jitted
       with the state donated, images split over the mesh's `data` axis.
-    sample: (params, g_stats, z [N, latent]) -> images [N, H, W, 3].
+    sample: (params, g_stats, z [N, latent], truncation=1.0) -> images
+      [N, H, W, 3].
     abstract_state: TrainState of ShapeDtypeStructs (Orbax's restore target).
     state_sharding: TrainState of NamedShardings.
     generator, discriminator: the modules.

@@ -92,13 +92,15 @@ def test_slerp_walks_the_great_circle_and_hits_the_keyframes():
                              1.5 * a)
 
 
-def test_truncation_scales_towards_the_mean_and_checks_its_range():
-  z = np.ones((2, 4), np.float32)
-  np.testing.assert_array_equal(latents.truncate(z, 0.5), 0.5 * z)
-  assert latents.truncate(z, 1.0) is z
+def test_truncation_scales_towards_the_mean_and_checks_its_range(run):
+  _, config, program, state = run
+  z = np.ones((2, config.model.latent_dim), np.float32)
+  variables = state.generator_variables(True)
+  np.testing.assert_array_equal(program.sample(*variables, z, 0.5),
+                                program.sample(*variables, 0.5 * z))
   for psi in (0.0, -0.5, 1.5):
     with pytest.raises(ValueError, match='0 < psi <= 1'):
-      latents.truncate(z, psi)
+      latents.check_truncation(psi)
 
 
 def test_samples_do_not_depend_on_the_batch_they_are_drawn_in(run):

@@ -17,6 +17,8 @@ import pytest
 from facegan_jax.models import conv
 from facegan_jax.models import downsample
 from facegan_jax.models import upsample
+from tests.arrays import float32_matmuls  # pylint: disable=unused-import
+from tests.arrays import normal as _normal
 
 
 # XLA:CPU's LLVM optimizations cost seconds per second-order graph and buy
@@ -24,19 +26,6 @@ from facegan_jax.models import upsample
 # still run.
 _jit = functools.partial(
     jax.jit, compiler_options={'xla_backend_optimization_level': 0})
-
-
-
-@pytest.fixture(autouse=True)
-def _float32_matmuls():
-  """GPUs default to TF32 matmuls/convs; the comparisons assume float32."""
-  with jax.default_matmul_precision('highest'):
-    yield
-
-def _normal(seed, shape, scale=1.0):
-  """Host-side random numbers: jax.random would add its own compilations."""
-  rng = np.random.default_rng(seed)
-  return (scale * rng.standard_normal(shape)).astype(np.float32)
 
 
 def _random_variables(init_fn, x, seed=1):

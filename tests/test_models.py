@@ -318,7 +318,7 @@ def test_conv_impl_auto_picks_fast_layers_only_on_cpu(monkeypatch, backend,
 
 @pytest.mark.parametrize('overrides,resolution,message', [
     (dict(generator='stylegan'), 64,
-     r"model.generator='stylegan'.*dcgan, resnet"),
+     r"model.generator='stylegan'.*dcgan, resnet, stylegan2"),
     (dict(discriminator='vit'), 64,
      r"model.discriminator='vit'.*dcgan, resnet, small_cnn"),
     (dict(g_norm='layer'), 64, r"model.g_norm='layer'.*batch, none"),
@@ -333,6 +333,14 @@ def test_conv_impl_auto_picks_fast_layers_only_on_cpu(monkeypatch, backend,
     ({}, 16, r'dataset.resolution=16'),
     (dict(generator='resnet'), 32, r"model.generator='resnet' needs .*>= 64"),
     (dict(discriminator='resnet'), 32, r"model.discriminator='resnet' needs"),
+    (dict(generator='stylegan2', mapping_layers=8, style_mixing_prob=0.9),
+     64, r"stylegan2' demodulates.*g_norm='none'"),
+    (dict(discriminator='stylegan2', spectral_norm=True), 64,
+     r"discriminator='stylegan2' has no normalization"),
+    (dict(generator='stylegan2', g_norm='none', mapping_layers=0,
+          style_mixing_prob=0.9), 64, r'model.mapping_layers=0'),
+    (dict(generator='stylegan2', g_norm='none', mapping_layers=2,
+          style_mixing_prob=1.5), 64, r'model.style_mixing_prob=1.5'),
 ])
 def test_validate_model_config_errors(overrides, resolution, message):
   config = _config(**overrides)
@@ -349,7 +357,8 @@ def test_validate_accepts_the_default_config_and_names_are_exported():
   models.validate_model_config(config.model, config.dataset.resolution)
   assert config.model.generator in models.GENERATORS
   assert config.model.discriminator in models.DISCRIMINATORS
-  assert models.GENERATORS == ('dcgan', 'resnet')
-  assert models.DISCRIMINATORS == ('dcgan', 'resnet', 'small_cnn')
+  assert models.GENERATORS == ('dcgan', 'resnet', 'stylegan2')
+  assert models.DISCRIMINATORS == ('dcgan', 'resnet', 'small_cnn',
+                                   'stylegan2')
   with pytest.raises(ValueError, match=r'dtype.*float32, bfloat16'):
     models.create_generator(config.model, 64, dtype=jnp.int32)

@@ -18,9 +18,10 @@ from facegan_jax.models import dcgan
 from facegan_jax.models import normalization
 from facegan_jax.models import resnet
 from facegan_jax.models import small_cnn
+from facegan_jax.models import stylegan2
 
-GENERATORS = ('dcgan', 'resnet')
-DISCRIMINATORS = ('dcgan', 'resnet', 'small_cnn')
+GENERATORS = ('dcgan', 'resnet', 'stylegan2')
+DISCRIMINATORS = ('dcgan', 'resnet', 'small_cnn', 'stylegan2')
 G_NORMS = normalization.G_NORMS
 D_NORMS = normalization.D_NORMS
 CONV_IMPLS = ('auto',) + conv_lib.IMPLS
@@ -67,6 +68,7 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
     raise ValueError(
         f'dataset.resolution={resolution!r} is not supported; valid choices: '
         f'{", ".join(map(str, RESOLUTIONS))}.')
+  _validate_stylegan2(model_config)
   for key in ('generator', 'discriminator'):
     if (getattr(model_config, key) == 'resnet' and
         resolution < resnet.MIN_RESOLUTION):
@@ -74,6 +76,29 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
           f"model.{key}='resnet' needs dataset.resolution >= "
           f'{resnet.MIN_RESOLUTION} (the WGAN-GP paper\'s 64x64 ResNet), got '
           f"{resolution}; use 'dcgan' at this resolution.")
+
+
+def _validate_stylegan2(model_config: Any) -> None:
+  """StyleGAN2 normalizes by demodulation and regularizes by R1: the other
+  families' normalization switches do not apply to it."""
+  if model_config.generator == 'stylegan2' and model_config.g_norm != 'none':
+    raise ValueError(
+        f"model.generator='stylegan2' demodulates instead of normalizing; "
+        f"set model.g_norm='none' (got {model_config.g_norm!r}).")
+  if model_config.discriminator == 'stylegan2' and (
+      model_config.d_norm != 'none' or model_config.spectral_norm):
+    raise ValueError(
+        "model.discriminator='stylegan2' has no normalization layers; set "
+        "model.d_norm='none' and model.spectral_norm=False.")
+  if model_config.generator != 'stylegan2':
+    return
+  if isinstance(model_config.mapping_layers, bool) or not isinstance(
+      model_config.mapping_layers, int) or model_config.mapping_layers < 1:
+    raise ValueError(f'model.mapping_layers={model_config.mapping_layers!r} '
+                     'must be a positive integer.')
+  if not 0 <= model_config.style_mixing_prob <= 1:
+    raise ValueError(f'model.style_mixing_prob='
+                     f'{model_config.style_mixing_prob!r} must be in [0, 1].')
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
@@ -111,6 +136,14 @@ def create_generator(model_config: Any, resolution: int,
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
   """
   validate_model_config(model_config, resolution)
+  if model_config.generator == 'stylegan2':
+    return stylegan2.StyleGAN2Generator(
+        resolution=resolution, width=model_config.g_width,
+        latent_dim=model_config.latent_dim,
+        mapping_layers=model_config.mapping_layers,
+        style_mixing_prob=model_config.style_mixing_prob,
+        conv_impl=resolve_conv_impl(model_config.conv_impl),
+        dtype=_compute_dtype(dtype))
   kwargs = dict(resolution=resolution, width=model_config.g_width,
                 norm=model_config.g_norm,
                 conv_impl=resolve_conv_impl(model_config.conv_impl),
@@ -136,6 +169,11 @@ def create_discriminator(model_config: Any, resolution: int,
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
   """
   validate_model_config(model_config, resolution)
+  if model_config.discriminator == 'stylegan2':
+    return stylegan2.StyleGAN2Discriminator(
+        resolution=resolution, width=model_config.d_width,
+        conv_impl=resolve_conv_impl(model_config.conv_impl),
+        dtype=_compute_dtype(dtype))
   kwargs = dict(width=model_config.d_width, norm=model_config.d_norm,
                 spectral_norm=model_config.spectral_norm,
                 conv_impl=resolve_conv_impl(model_config.conv_impl),
