@@ -236,7 +236,8 @@ def _write_saved_model(generate, latent_dim: int, platforms: Sequence[str],
   except ImportError as error:
     raise SavedModelError(
         f'saved_model=True needs TensorFlow ({error}); pip install tensorflow, '
-        'or export without it and load generator.stablehlo with jax.') from error
+        'or export without it and load generator.stablehlo with jax.'
+    ) from error
   try:
     converted = jax2tf.convert(generate, polymorphic_shapes=['(b, _)'],
                                with_gradient=False,

@@ -156,7 +156,8 @@ def write_folder(generator: _Generator, num: int, seed: int,
   done, started, last_report = 0, time.monotonic(), 0.0
   for batch in generator.stream(num, seed, truncation):
     for image in batch:
-      monitoring.save_png(image, os.path.join(out_dir, f'{done:0{digits}d}.png'))
+      monitoring.save_png(image,
+                          os.path.join(out_dir, f'{done:0{digits}d}.png'))
       done += 1
     elapsed = time.monotonic() - started
     if done == num or elapsed - last_report >= 2:
@@ -187,8 +188,8 @@ def write_walk(generator: _Generator, frames_between: int, keyframes: int,
                             truncation)
   row = frames_between + 1
   segments = [frames[i:i + row + 1] for i in range(0, len(frames) - 1, row)]
-  monitoring.save_png(monitoring.image_grid(np.concatenate(segments), cols=row + 1),
-              strip)
+  monitoring.save_png(
+      monitoring.image_grid(np.concatenate(segments), cols=row + 1), strip)
   pictures = [Image.fromarray(frame) for frame in frames]
   partial = animation + '.partial'
   pictures[0].save(partial, format=ANIMATION_FORMATS[
@@ -234,7 +235,7 @@ def write_projection(generator: _Generator, photo: np.ndarray, seed: int,
   strip = np.concatenate([np.asarray(inception.to_pixels(result.snapshots),
                                      np.uint8), photo[None]])
   monitoring.save_png(monitoring.image_grid(strip, cols=len(strip)),
-              os.path.join(out, 'progress.png'))
+                      os.path.join(out, 'progress.png'))
   np.save(os.path.join(out, 'latent.npy'), result.latent)
   with open(os.path.join(out, 'projection.json'), 'w') as stream:
     json.dump(scoring.json_ready(summary), stream, indent=1)
@@ -289,7 +290,8 @@ def _check_values(mode: str, num: int) -> None:
 
 
 def run(mode: str) -> dict | None:
-  num = _NUM.value or (4 if mode == 'interpolate' else 64)
+  num = _NUM.value if _NUM.value is not None else (
+      4 if mode == 'interpolate' else 64)
   _check_values(mode, num)
   generator = _Generator(_WORKDIR.value, _STEP.value, not _RAW.value,
                          _BATCH_SIZE.value)

@@ -61,7 +61,8 @@ def run(tmp_path_factory):
   state = state.replace(ema_params=jax.device_put(ema),
                         step=jnp.asarray(STEP, state.step.dtype))
   with checkpointing.Checkpointer(workdir / 'checkpoints') as checkpointer:
-    checkpointer.save(state, train._run_metadata(config, STEP), force=True)  # pylint: disable=protected-access
+    meta = train._run_metadata(config, STEP)  # pylint: disable=protected-access
+    checkpointer.save(state, meta, force=True)
   return workdir, config, program, state
 
 
@@ -71,7 +72,7 @@ def _expected(run, num, seed=0, use_ema=True):
       config, program, state, num, 8, seed, use_ema)))
 
 
-# --- Latents ---------------------------------------------------------------------
+# --- Latents -----------------------------------------------------------------
 
 
 def test_slerp_walks_the_great_circle_and_hits_the_keyframes():
@@ -119,7 +120,7 @@ def test_samples_do_not_depend_on_the_batch_they_are_drawn_in(run):
     np.testing.assert_array_equal(np.concatenate(batches), everything)
 
 
-# --- Grid, folder, walk ----------------------------------------------------------
+# --- Grid, folder, walk ------------------------------------------------------
 
 
 def test_grid_is_repeatable_and_independent_of_batch_size(run, tmp_path):
@@ -181,7 +182,7 @@ def test_walk_starts_and_ends_on_the_keyframes_images(run, tmp_path):
     assert not any(np.array_equal(cell(row, col), k) for k in keyframes)
 
 
-# --- Projection --------------------------------------------------------------------
+# --- Projection --------------------------------------------------------------
 
 
 def _renderer(run):
@@ -256,7 +257,7 @@ def test_project_cli_writes_its_outputs(run, tmp_path, inception_weights):
   assert _png(out / 'progress.png').shape[1] > 32 * 8
 
 
-# --- Errors: clear, and nothing written ------------------------------------------
+# --- Errors: clear, and nothing written --------------------------------------
 
 
 def test_errors_say_what_to_do_and_write_nothing(run, tmp_path):
