@@ -96,16 +96,25 @@ class ThroughputMeter:
     }
 
 
-def progress_line(step: int, num_steps: int, scalars: dict[str, float]) -> str:
-  """One console line: step, losses, and speed and time left once known."""
+def progress_line(step: int, num_steps: int, scalars: dict[str, float],
+                  seconds_left: float | None = None) -> str:
+  """One console line: step, losses, and speed and time left once known.
+
+  `seconds_left`: what remains of a wall-clock budget, which ends the run
+  first when it is shorter than the remaining steps take.
+  """
   line = (f'step {step}/{num_steps}  d_loss {scalars["d_loss"]:.4f}  '
           f'g_loss {scalars["g_loss"]:.4f}  '
           f'W {scalars["wasserstein"]:.4f}  penalty {scalars["penalty"]:.4f}')
   if 'steps_per_s' not in scalars:
     return line
   eta = (num_steps - step) / scalars['steps_per_s']
+  ends = ''
+  if seconds_left is not None and seconds_left < eta:
+    eta, ends = max(seconds_left, 0.0), ' (time budget)'
   return (f'{line}  {scalars["steps_per_s"]:.2f} steps/s  '
-          f'{scalars["images_per_s"]:.1f} img/s  ETA {format_duration(eta)}')
+          f'{scalars["images_per_s"]:.1f} img/s  '
+          f'ETA {format_duration(eta)}{ends}')
 
 
 class ProfileWindow:

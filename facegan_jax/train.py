@@ -211,6 +211,7 @@ class _Loop:
     self.evaluator = periodic_evaluation.PeriodicEvaluator(
         config, program, os.fspath(workdir))
     self.summary = None  # metric_summary.MetricSummary since the last log.
+    self.deadline = None  # time.monotonic() at which the budget ends, if any.
     # A global array, like every value the jitted functions take.
     self.sample_z = jax.device_put(
         np.asarray(jax.random.normal(
@@ -232,6 +233,7 @@ class _Loop:
                                          start_step + 2,
                                          config.profile_steps)
     started = time.perf_counter()
+    self.deadline = deadline
     batches = _local_batches(config, start_step)
     try:
       with stopping.StopRequest(jax.process_count() > 1, deadline,
@@ -302,8 +304,10 @@ class _Loop:
     scalars.update(self.meter.mark(step))
     scalars.update(monitoring.device_memory())
     self.writer.write_scalars(step, scalars)
-    print(monitoring.progress_line(step, self.config.num_train_steps, scalars),
-          flush=True)
+    seconds_left = None if self.deadline is None else (
+        self.deadline - time.monotonic())
+    print(monitoring.progress_line(step, self.config.num_train_steps, scalars,
+                                   seconds_left), flush=True)
 
   def _write_sample_grids(self, state, step: int) -> None:
     grids = {}

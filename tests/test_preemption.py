@@ -61,6 +61,9 @@ def test_time_budget_stops_like_sigterm(tmp_path):
                 '--config.max_train_minutes=0.25')
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'The time budget (max_train_minutes=0.25) is spent' in result.stdout
+  # The progress lines' ETA is the budget's, not 100,000 steps'.
+  timed = [l for l in result.stdout.splitlines() if 'steps/s' in l]
+  assert timed and all(l.endswith('(time budget)') for l in timed), timed
   saved = _steps(tmp_path)
   assert len(saved) == 1 and 1 <= saved[0] < 100000
   assert os.path.exists(tmp_path / 'samples' / f'ema_{saved[0]:07d}.png')
