@@ -16,7 +16,8 @@ settings finds the manifest's fingerprint unchanged and does nothing.
 
 Records are tf.train.Example protos with 'image' (raw R*R*3 uint8 bytes, row
 major RGB), 'index' (int64 position among the written images) and 'path'
-(source file relative to --src). Raw pixels instead of PNG: reading them is a
+(source file relative to --src), and with --labels=FILE 'labels' (int64 0/1
+per attribute, in the order of manifest.json's 'attributes'). Raw pixels instead of PNG: reading them is a
 memcpy, where PNG decoding would take a CPU core from training, and they are
 bit-exact; they cost about 1.3x the disk space of PNG for photos.
 """
@@ -36,6 +37,7 @@ import numpy as np
 
 from input_pipeline import crops
 from input_pipeline import image_files
+from input_pipeline import labels as labels_lib
 
 MANIFEST = 'manifest.json'
 FORMAT = 'facegan-prepared-v1'
@@ -138,7 +140,8 @@ class _Progress:
     sys.stderr.flush()
 
 
-def _example(image: np.ndarray, index: int, path: str) -> bytes:
+def _example(image: np.ndarray, index: int, path: str,
+             label: np.ndarray | None = None) -> bytes:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   feature = {
       'image': tf.train.Feature(
@@ -147,6 +150,9 @@ def _example(image: np.ndarray, index: int, path: str) -> bytes:
       'path': tf.train.Feature(
           bytes_list=tf.train.BytesList(value=[path.encode()])),
   }
+  if label is not None:
+    feature['labels'] = tf.train.Feature(
+        int64_list=tf.train.Int64List(value=label.tolist()))
   # Deterministic: protobuf maps otherwise serialize in an order that can
   # differ between processes, and reruns must write identical bytes.
   return tf.train.Example(features=tf.train.Features(
@@ -156,7 +162,7 @@ def _example(image: np.ndarray, index: int, path: str) -> bytes:
 def prepare(src: str, out: str, resolution: int, crop: str = 'center',
             resample: str = 'lanczos', workers: int = 1, min_size: int = 0,
             max_pixels: int = 1 << 26, images_per_shard: int = 1024,
-            progress: bool = True) -> dict:
+            progress: bool = True, labels: str | None = None) -> dict:
   """Writes the prepared dataset; returns its manifest.
 
   Args:
@@ -171,13 +177,17 @@ def prepare(src: str, out: str, resolution: int, crop: str = 'center',
     max_pixels: skip images with more pixels (decompression bombs).
     images_per_shard: records per TFRecord file.
     progress: draw the progress line on stderr.
+    labels: a file of per-image attributes (input_pipeline/labels.py: CelebA's
+      list_attr format or a CSV); each written image then carries its 0/1
+      vector, and images without a usable row are skipped and counted.
 
   Returns:
     The manifest (also written to out/manifest.json).
 
   Raises:
-    ValueError: the source folder is missing or holds no image files, or a
-      setting is invalid.
+    ValueError: the source folder is missing or holds no image files, a
+      setting is invalid, or the labels file is unreadable or names no
+      attributes.
   """
   src, out = os.path.abspath(os.path.expanduser(src)), os.path.abspath(
       os.path.expanduser(out))
@@ -199,6 +209,12 @@ def prepare(src: str, out: str, resolution: int, crop: str = 'center',
   settings = dict(format=FORMAT, resolution=resolution, crop=crop,
                   filter=resample, min_size=min_size, max_pixels=max_pixels,
                   images_per_shard=images_per_shard)
+  table = matched = None
+  if labels:
+    table = labels_lib.read_labels(os.path.expanduser(labels))
+    matched = labels_lib.match(table, paths)
+    with open(os.path.expanduser(labels), 'rb') as stream:
+      settings['labels_sha256'] = hashlib.sha256(stream.read()).hexdigest()
   fingerprint = _fingerprint(src, paths, settings)
   previous = _previous_manifest(out)
   if previous and previous['source']['fingerprint'] == fingerprint and all(
@@ -211,8 +227,19 @@ def prepare(src: str, out: str, resolution: int, crop: str = 'center',
   # The manifest goes first and comes back last: an interrupted run leaves
   # no manifest, so the folder is never mistaken for a complete dataset.
   _remove_previous(out, previous)
-  manifest = _write_shards(src, out, paths, settings, workers, progress)
+  unlabelled = matched['unlabelled'] if matched else {}
+  manifest = _write_shards(src, out, [p for p in paths if p not in unlabelled],
+                           settings, workers, progress,
+                           matched['labels'] if matched else None,
+                           len(table.names) if table else 0)
   manifest.update(settings)
+  if table:
+    manifest['attributes'] = list(table.names)
+    manifest['attribute_frequencies'] = dict(zip(
+        table.names, manifest.pop('label_frequencies')))
+    manifest['labels'] = matched['counts']
+    manifest['labels_file'] = os.path.abspath(os.path.expanduser(labels))
+    walk_problems = walk_problems + list(unlabelled.items())
   manifest['source'] = dict(path=src, files=len(paths), ignored_files=ignored,
                             fingerprint=fingerprint)
   for path, reason in walk_problems:
@@ -249,8 +276,15 @@ def _remove_previous(out: str, previous: dict | None) -> None:
 
 
 def _write_shards(src: str, out: str, paths: list[str], settings: dict,
-                  workers: int, progress: bool) -> dict:
-  """Decodes every file and writes the shards; returns the counts."""
+                  workers: int, progress: bool,
+                  labels: dict[str, np.ndarray] | None = None,
+                  num_attributes: int = 0) -> dict:
+  """Decodes every file and writes the shards; returns the counts.
+
+  With `labels` ({path: 0/1 vector of num_attributes} for every path), each
+  record carries its vector and the counts include 'label_frequencies' over
+  the written images.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   skipped, skipped_files = collections.Counter(), []
   upscaled, modes = [], collections.Counter()
@@ -260,6 +294,7 @@ def _write_shards(src: str, out: str, paths: list[str], settings: dict,
   channel_offsets = np.array([0, 256, 512], np.uint16)
   meter = _Progress(len(paths), progress)
   written = 0
+  label_sums = np.zeros(num_attributes, np.float64)
   results = _load_all(src, paths, settings, workers)
   for done, (path, (image, note, mode)) in enumerate(zip(paths, results), 1):
     if mode:
@@ -275,7 +310,10 @@ def _write_shards(src: str, out: str, paths: list[str], settings: dict,
           writer.close()
         shards.append(dict(file=f'data-{len(shards):05d}.tfrecord', count=0))
         writer = tf.io.TFRecordWriter(os.path.join(out, shards[-1]['file']))
-      writer.write(_example(image, written, path))
+      label = labels[path] if labels is not None else None
+      writer.write(_example(image, written, path, label))
+      if label is not None:
+        label_sums = label_sums + label
       shards[-1]['count'] += 1
       histogram += np.bincount((image.reshape(-1, 3) + channel_offsets).ravel(),
                                minlength=3 * 256)
@@ -291,7 +329,11 @@ def _write_shards(src: str, out: str, paths: list[str], settings: dict,
   count = max(written * settings['resolution']**2, 1)
   mean = histogram @ values / count
   std = np.sqrt(np.maximum(histogram @ values**2 / count - mean * mean, 0))
-  return dict(written=written, skipped=dict(skipped),
+  extra = {}
+  if labels is not None:
+    extra['label_frequencies'] = (label_sums / max(written, 1)).round(
+        6).tolist()
+  return dict(extra, written=written, skipped=dict(skipped),
               skipped_files=skipped_files, upscaled=len(upscaled),
               upscaled_files=upscaled, source_modes=dict(sorted(modes.items())),
               shards=shards, channel_mean=mean.round(6).tolist(),
@@ -345,6 +387,12 @@ def _parser() -> argparse.ArgumentParser:
                            'decoding them (default: %(default)s)')
   parser.add_argument('--images_per_shard', type=int, default=1024,
                       help='images per TFRecord file (default: %(default)s)')
+  parser.add_argument('--labels', default=None,
+                      help='per-image binary attributes: CelebA\'s '
+                           'list_attr_celeba.txt format or a CSV '
+                           '(filename,attr1,...; 0/1 or -1/1), matched to the '
+                           'images by path relative to --src; images without '
+                           'a usable row are skipped and counted')
   parser.add_argument('--quiet', action='store_true',
                       help='no progress line')
   return parser
@@ -359,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = prepare(args.src, args.out, args.resolution, args.crop,
                        args.filter, args.workers, args.min_size,
                        args.max_pixels, args.images_per_shard,
-                       progress=not args.quiet)
+                       progress=not args.quiet, labels=args.labels)
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
@@ -375,6 +423,13 @@ def _summary(manifest: dict, out: str) -> str:
     reasons = ', '.join(f'{n} {r}' for r, n in manifest['skipped'].items())
     lines.append(f'Skipped {len(manifest["skipped_files"])} files: {reasons} '
                  f'(each listed in {MANIFEST}, skipped_files).')
+  if 'labels' in manifest:
+    counts = manifest['labels']
+    lines.append(
+        f'Labels: {len(manifest["attributes"])} attributes; '
+        f'{counts["matched"]} rows matched, {counts["images_without_labels"]} '
+        f'images without a row, {counts["malformed_rows"]} malformed rows, '
+        f'{counts["labels_without_images"]} rows without an image.')
   if manifest['upscaled']:
     lines.append(f'Warning: {manifest["upscaled"]} images were smaller than '
                  f'the crop and were upscaled (use --min_size to skip them).')
