@@ -106,6 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.loss.penalty_weight = 10.0  # Lambda (gamma for r1, where the penalty is gamma/2 * E|grad|^2).
   config.loss.r1_every = 1  # Lazy regularization: the penalty on every k-th critic update only, weighted k times (StyleGAN2: 16).
   config.loss.label_smoothing = 0.0  # One-sided: real targets become 1 - label_smoothing.
+  config.loss.path_length_weight = 0.0  # StyleGAN2 generator path length regularization (paper: 2); 0 = off. Needs model.generator='stylegan2'.
+  config.loss.path_length_every = 4  # Lazy: path length regularization on every k-th generator update only, weighted k times.
   config.loss.drift_weight = 0.0  # Epsilon-drift term eps * E[D(real)^2] (Progressive GAN); 0 = off.
 
   # --- Optimizers ---------------------------------------------------------

@@ -7,6 +7,11 @@ critic updates); Adam(2.5e-3, b1=0, b2=0.99); one critic update per
 generator update; DiffAugment color,translation,cutout (the published
 low-data results at 10k images rely on it: Zhao et al. 2020).
 
+StyleGAN2's path length regularization is off here (it costs a second
+derivative of the synthesis network every 4th generator update, which a CPU
+feels); turn it on with --config.loss.path_length_weight=2, as
+configs/celeba64.py does.
+
 R1's gamma follows StyleGAN2-ADA's heuristic 0.0002 * resolution^2 /
 batch_size, computed from the recipe's values: set loss.penalty_weight
 yourself when overriding batch_size or res.

@@ -45,6 +45,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(isinstance(config.loss.r1_every, int) and config.loss.r1_every >= 1,
            f'loss.r1_every must be an integer >= 1, got '
            f'{config.loss.r1_every!r}.')
+  _require(config.loss.path_length_weight >= 0,
+           f'loss.path_length_weight must be >= 0 (0 = off), got '
+           f'{config.loss.path_length_weight}.')
+  _require(isinstance(config.loss.path_length_every, int) and
+           config.loss.path_length_every >= 1,
+           f'loss.path_length_every must be an integer >= 1, got '
+           f'{config.loss.path_length_every!r}.')
+  _require(not config.loss.path_length_weight or
+           config.model.generator == 'stylegan2',
+           f'loss.path_length_weight={config.loss.path_length_weight} needs a '
+           f'generator with a w space: set model.generator=\'stylegan2\' or '
+           f'loss.path_length_weight=0 (model.generator is '
+           f'{config.model.generator!r}).')
   _require(0.0 <= config.loss.label_smoothing < 1.0,
            f'loss.label_smoothing must be in [0, 1), got '
            f'{config.loss.label_smoothing}.')

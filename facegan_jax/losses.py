@@ -162,3 +162,41 @@ def penalty(name: str, critic_fn: CriticFn, real: jax.Array, fake: jax.Array,
     return r1_r2_penalty(critic_fn, real, fake, weight)
   raise ValueError(
       f'Unknown loss.penalty {name!r}; valid: {", ".join(PENALTIES)}')
+
+
+# The running mean's update rate and the batch fraction of StyleGAN2's path
+# length regularization (Karras et al. 2020, its reference settings).
+PATH_LENGTH_DECAY = 0.01
+PATH_LENGTH_BATCH_SHRINK = 2
+
+
+def path_length_penalty(synthesize: Callable[[jax.Array], jax.Array],
+                        ws: jax.Array, rng: jax.Array, running_mean: jax.Array,
+                        decay: float = PATH_LENGTH_DECAY
+                        ) -> tuple[jax.Array, jax.Array]:
+  """StyleGAN2's path length regularizer, unweighted.
+
+  The length of J^T y, J the Jacobian of the images w.r.t. the styles ws and
+  y Gaussian image noise scaled by 1/sqrt(H W), is pulled towards its running
+  mean a, so a fixed step in w moves the image by a fixed amount:
+  E[(|J^T y| - a)^2], with a first moved `decay` of the way to this batch's
+  mean length.
+
+  Args:
+    synthesize: ws [B, L, w_dim] -> images [B, H, W, C], pure.
+    ws: the styles [B, L, w_dim] (L per-layer copies, possibly mixed).
+    rng: draws y.
+    running_mean: a, a float32 scalar.
+    decay: how far a moves towards the batch mean.
+
+  Returns:
+    (penalty, the updated running mean).
+  """
+  shape = jax.eval_shape(synthesize, ws).shape
+  noise = jax.random.normal(rng, shape) / jnp.sqrt(float(shape[1] * shape[2]))
+  grads = jax.grad(lambda w: jnp.sum(synthesize(w) * noise))(ws)
+  # Squared length summed over w's size and averaged over the layers.
+  lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(grads), axis=2), axis=1))
+  new_mean = running_mean + decay * (
+      jnp.mean(jax.lax.stop_gradient(lengths)) - running_mean)
+  return jnp.mean(jnp.square(lengths - new_mean)), new_mean

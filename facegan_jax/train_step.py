@@ -228,9 +228,14 @@ class GanUpdate:
                                     noise_rng)
       scores, _ = self.critic(state.d_params, d_stats,
                               self.augment(fake, g_aug_rng), train=True)
-      return losses.generator_loss(loss_name, scores, real_scores), g_stats
+      loss = losses.generator_loss(loss_name, scores, real_scores)
+      if not self.config.loss.path_length_weight:
+        return loss, (g_stats, {})
+      penalty, g_stats = self.lazy_path_length(
+          g_params, g_stats, z, jax.random.fold_in(g_rng, 1), state.step)
+      return loss + penalty, (g_stats, {'g_penalty': penalty})
 
-    (g_loss, g_stats), g_grads = jax.value_and_grad(
+    (g_loss, (g_stats, aux)), g_grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.g_params)
     updates, g_opt_state = self.g_tx.update(g_grads, state.g_opt_state,
                                             state.g_params)
@@ -242,9 +247,40 @@ class GanUpdate:
         ema_params=average(state.ema_params, g_params),
         ema_batch_stats=average(state.ema_batch_stats, g_stats),
         batch_stats={'generator': g_stats, 'discriminator': d_stats})
-    metrics = dict(g_loss=g_loss, g_grad_norm=optax.tree.norm(g_grads),
+    metrics = dict(aux, g_loss=g_loss, g_grad_norm=optax.tree.norm(g_grads),
                    g_lr=jnp.asarray(self.g_schedule(state.step), jnp.float32))
     return new_state, metrics
+
+  def lazy_path_length(self, g_params, g_stats, z, rng, step):
+    """StyleGAN2's path length regularization on every k-th generator update.
+
+    k = loss.path_length_every; the penalty is weighted k times
+    loss.path_length_weight there and 0 elsewhere, on the first
+    1/PATH_LENGTH_BATCH_SHRINK of the latents. Returns (penalty, g_stats
+    with the updated 'path_length_mean').
+    """
+    loss_config = self.config.loss
+    every = loss_config.path_length_every
+    z = z[:max(1, z.shape[0] // losses.PATH_LENGTH_BATCH_SHRINK)]
+    mixing_rng, noise_rng, projection_rng = jax.random.split(rng, 3)
+    variables = _variables(g_params, g_stats)
+
+    def regularize():
+      # Styles as in training (style mixing), without moving w_avg again.
+      ws, _ = self.generator.apply(
+          variables, z, train=True, method='map_to_ws',
+          mutable=['batch_stats'], rngs={'style_mix': mixing_rng})
+      synthesize = lambda ws: self.generator.apply(
+          variables, ws, method='synthesize', rngs={'noise': noise_rng})
+      penalty, mean = losses.path_length_penalty(
+          synthesize, ws, projection_rng, g_stats['path_length_mean'])
+      return (penalty * loss_config.path_length_weight * every,
+              {**g_stats, 'path_length_mean': mean})
+
+    if every == 1:
+      return regularize()
+    return jax.lax.cond(step % every == 0, regularize,
+                        lambda: (jnp.zeros((), jnp.float32), g_stats))
 
 
 def _step_rngs(state: TrainState) -> jax.Array:

@@ -10,7 +10,8 @@ import pytest
 from configs import default
 from facegan_jax.config_validation import validate_config
 
-RECIPES = ('default', 'wgan_gp', 'dcgan', 'hinge_sn', 'lsgan', 'dragan')
+RECIPES = ('default', 'wgan_gp', 'dcgan', 'hinge_sn', 'lsgan', 'dragan',
+           'stylegan2', 'celeba32_cpu', 'celeba64')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -51,6 +52,12 @@ def test_recipe_specifics():
   assert _recipe('hinge_sn').model.spectral_norm
   assert _recipe('lsgan').loss.name == 'least_squares'
   assert _recipe('dragan').loss.penalty == 'dragan'
+  budget = _recipe('celeba32_cpu')  # Issue 14: 30 minutes at 32x32.
+  assert budget.dataset.resolution == 32 and 0 < budget.max_train_minutes <= 30
+  assert budget.optimizer.schedule == 'constant'  # Stoppable at any time.
+  gpu = _recipe('celeba64')
+  assert gpu.dataset.resolution == 64 and gpu.loss.path_length_weight > 0
+  assert gpu.loss.penalty_weight == pytest.approx(0.0002 * 64 ** 2 / 64)
 
 
 def test_argument_string():
@@ -78,6 +85,8 @@ def test_argument_string():
     ('model.discriminator', 'vit', 'small_cnn'),
     ('dataset.resolution', 48, '48'),
     ('dataset.resolution', 512, '512'),
+    ('loss.path_length_weight', 2.0, "generator='stylegan2'"),
+    ('loss.path_length_every', 0, 'path_length_every must be an integer'),
 ])
 def test_bad_values_are_refused_with_the_key_and_choices(key, value, message):
   config = _recipe('wgan_gp')

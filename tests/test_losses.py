@@ -168,3 +168,29 @@ def test_wgan_gp_interpolates_between_real_and_fake():
   # E[(|x| - 1)^2] with x = 2a - 1, a ~ U[0,1]: E = 1/3 for many samples.
   value = losses.wgan_gp_penalty(critic, real, fake, jax.random.PRNGKey(0), 1.0)
   assert 0.15 < float(value) < 0.55
+
+
+def test_path_length_of_a_linear_synthesis_is_closed_form():
+  # images = ws . M (linear in the styles): J^T y = y . M^T, known exactly.
+  batch, layers, w_dim, side = 3, 2, 4, 2
+  ws = jax.random.normal(jax.random.key(0), (batch, layers, w_dim))
+  matrix = jax.random.normal(jax.random.key(1), (layers * w_dim, side * side * 3))
+
+  def synthesize(w, m=matrix):
+    return (w.reshape(batch, -1) @ m).reshape(batch, side, side, 3)
+
+  rng = jax.random.key(2)
+  penalty, new_mean = losses.path_length_penalty(synthesize, ws, rng, 0.5,
+                                                 decay=0.25)
+  y = jax.random.normal(rng, (batch, side, side, 3)) / side
+  grads = (np.asarray(y).reshape(batch, -1) @ np.asarray(matrix).T).reshape(
+      batch, layers, w_dim)
+  lengths = np.sqrt((grads ** 2).sum(2).mean(1))
+  expected_mean = 0.5 + 0.25 * (lengths.mean() - 0.5)
+  assert float(new_mean) == pytest.approx(expected_mean, rel=1e-5)
+  assert float(penalty) == pytest.approx(
+      np.mean((lengths - expected_mean) ** 2), rel=1e-5)
+  # It regularizes the synthesis: its gradient reaches the weights.
+  grad_m = jax.grad(lambda m: losses.path_length_penalty(
+      lambda w: synthesize(w, m), ws, rng, 0.5)[0])(matrix)
+  assert float(jnp.abs(grad_m).max()) > 0

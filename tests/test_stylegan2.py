@@ -55,7 +55,8 @@ def g_vars():
   variables = _jit(functools.partial(_generator().init, train=False))(
       jax.random.key(0), jnp.zeros((1, LATENT)))
   return {**variables,
-          'batch_stats': {'w_avg': jnp.asarray(_normal(7, (LATENT,)))}}
+          'batch_stats': {**variables['batch_stats'],
+                          'w_avg': jnp.asarray(_normal(7, (LATENT,)))}}
 
 
 @pytest.mark.parametrize('resolution', [32, 64, 128, 256])
@@ -75,7 +76,7 @@ def test_output_shapes_and_dtypes_at_every_resolution(resolution):
     assert scores.shape == (BATCH,) and scores.dtype == jnp.float32
     assert set(g_vars) == {'params', 'batch_stats'}
     assert jax.tree.map(lambda a: a.shape, g_vars['batch_stats']) == {
-        'w_avg': (LATENT,)}
+        'w_avg': (LATENT,), 'path_length_mean': ()}
     assert set(d_vars) == {'params'}
     for leaf in jax.tree.leaves((g_vars, d_vars)):
       assert leaf.dtype == jnp.float32  # Parameters whatever the compute.

@@ -2,8 +2,9 @@
 
 The module tests (shapes, modulation, mixing, w average, R1's HLO) are in
 test_stylegan2.py; here the recipe runs through the real loop at 32x32 with
-8-channel models and lazy R1 every 2 critic updates, so that 2 steps see
-both kinds of update (DiffAugment off: it only adds compile time here).
+8-channel models, lazy R1 every 2 critic updates and lazy path length
+regularization every 2 generator updates, so that 2 steps see both kinds of
+update (DiffAugment off: it only adds compile time here).
 """
 
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import stylegan2
+from facegan_jax import losses
 from facegan_jax import partitioning
 from facegan_jax import train
 from facegan_jax import train_step as train_step_lib
@@ -23,7 +25,9 @@ def _config(**overrides):
       'model.mapping_layers': 2, 'batch_size': 8, 'loss.r1_every': 2,
       'num_train_steps': 2, 'log_every': 1, 'sample_every': 2,
       'checkpoint_every': 1, 'num_samples': 4, 'dataset.num_images': 64,
-      'dataset.shuffle_buffer': 64, 'dataset.diffaugment': '', **overrides})
+      'dataset.shuffle_buffer': 64, 'dataset.diffaugment': '',
+      'loss.path_length_weight': 2.0, 'loss.path_length_every': 2,
+      **overrides})
   return config
 
 
@@ -47,7 +51,39 @@ def test_the_recipe_trains_its_new_state(two_steps):
   strengths = [leaf for path, leaf in _leaves(state.g_params)
                if 'noise_strength' in jax.tree_util.keystr(path)]
   assert strengths and any(np.abs(s).max() > 0 for s in strengths)
+  # Path length regularization ran (step 0) and set its target.
+  assert state.batch_stats['generator']['path_length_mean'] > 0
   assert (workdir / 'samples' / 'ema_0000002.png').exists()
+
+
+def test_path_length_regularization_is_lazy_and_weighted(two_steps):
+  _, state = two_steps
+  config = _config()
+  generator, discriminator = train_step_lib.create_models(config)
+  update = train_step_lib.GanUpdate(generator, discriminator, None, None, None,
+                                    None, config)
+  params, stats = state.g_params, state.batch_stats['generator']
+  z = jax.random.normal(jax.random.PRNGKey(0), (8, 16))
+  rng = jax.random.PRNGKey(1)
+  lazy = jax.jit(update.lazy_path_length)
+  on, on_stats = lazy(params, stats, z, rng, 4)
+  off, off_stats = lazy(params, stats, z, rng, 5)
+  # The same penalty by hand: half the batch, styles mixed as in training.
+  mixing_rng, noise_rng, projection_rng = jax.random.split(rng, 3)
+  variables = {'params': params, 'batch_stats': stats}
+  ws, _ = generator.apply(variables, z[:4], train=True, method='map_to_ws',
+                          mutable=['batch_stats'],
+                          rngs={'style_mix': mixing_rng})
+  penalty, mean = losses.path_length_penalty(
+      lambda w: generator.apply(variables, w, method='synthesize',
+                                rngs={'noise': noise_rng}),
+      ws, projection_rng, stats['path_length_mean'])
+  assert float(on) == pytest.approx(2.0 * 2 * float(penalty), rel=1e-4)
+  assert float(on) > 0
+  assert float(on_stats['path_length_mean']) == pytest.approx(float(mean))
+  assert float(off) == 0
+  for key in ('w_avg', 'path_length_mean'):
+    np.testing.assert_array_equal(off_stats[key], stats[key])
 
 
 def test_r1_gamma_follows_the_resolution():

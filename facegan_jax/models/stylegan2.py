@@ -40,7 +40,8 @@ data range [-1, 1]. Clip when saving.
 rngs: 'noise' (fresh per-pixel noise per sample; without it a fixed
 per-layer noise map is used, so inference needs no rng and is
 deterministic) and 'style_mix' (style mixing, train=True only).
-Variables: 'params', and 'batch_stats' {'w_avg': [w_dim]} in the generator.
+Variables: 'params', and 'batch_stats' {'w_avg': [w_dim], 'path_length_mean':
+[]} in the generator.
 """
 
 import math
@@ -279,6 +280,10 @@ class StyleGAN2Generator(nn.Module):
                                       self.conv_impl, self.dtype)
     self.w_avg = self.variable('batch_stats', 'w_avg', jnp.zeros, (w_dim,),
                                jnp.float32)
+    # Running mean of the path lengths, the target of the path length
+    # regularization (train_step; loss.path_length_weight).
+    self.variable('batch_stats', 'path_length_mean', jnp.zeros, (),
+                  jnp.float32)
 
   def __call__(self, z: Array, *, train: bool,
                truncation_psi: float | Array = 1.0) -> Array:
