@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--resolution', type=int, default=32)
   parser.add_argument('--crop', default='celeba',
                       choices=('celeba', 'center', 'none'))
+  parser.add_argument('--labels', default=None,
+                      help='attribute labels file for prepare (a conditional '
+                           'run: add --extra=--config.dataset.attributes=...)')
   parser.add_argument('--workdir', required=True, help='the training run')
   parser.add_argument('--seed', type=int, default=0, help='config.seed')
   parser.add_argument('--minutes', type=float, default=None,
@@ -103,6 +106,8 @@ def prepare(args) -> list[str]:
   command = [sys.executable, '-m', 'input_pipeline.prepare',
              f'--src={args.faces}', f'--out={args.prepared}',
              f'--resolution={args.resolution}', f'--crop={args.crop}']
+  if args.labels:
+    command.append(f'--labels={args.labels}')
   if not (pathlib.Path(args.prepared) / 'manifest.json').is_file():
     _run(command)
   return command
@@ -165,8 +170,11 @@ def main(argv=None) -> None:
 
   if args.every_minutes:
     marks = checkpoints_by_minute(args.workdir)
+    last = max(marks)  # The final line below scores it.
     chosen = {}
     for step, minute in sorted(marks.items()):
+      if step == last:
+        continue
       mark = round(minute / args.every_minutes) * args.every_minutes
       if mark and (mark not in chosen or abs(minute - mark) <
                    abs(marks[chosen[mark]] - mark)):

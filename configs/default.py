@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.rotate = 0.0  # Random rotation of up to this many degrees, in [0, 180].
   config.dataset.diffaugment = ''  # On-device DiffAugment of real and fake: '' or e.g. 'color,translation,cutout'.
   config.dataset.standardize = False  # Per-channel zero mean / unit variance instead of [-1, 1].
+  config.dataset.attributes = ''  # Condition on these attributes: '' (none), 'all' or e.g. 'Smiling,Male' (labelled folder or TFDS celeb_a).
 
   # --- Models -------------------------------------------------------------
   config.model = ml_collections.ConfigDict()

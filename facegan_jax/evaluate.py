@@ -38,9 +38,11 @@ from typing import Any
 from absl import app
 from absl import flags
 import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 
+from facegan_jax import conditioning
 from facegan_jax import metrics as metrics_lib
 from facegan_jax import multihost
 from facegan_jax import scoring
@@ -60,6 +62,11 @@ _NUM_SAMPLES = flags.DEFINE_integer(
 _REFERENCE_IMAGES = flags.DEFINE_integer(
     'reference_images', 50_000, 'With --workdir: real images for the '
     'reference statistics (at most the whole dataset).')
+_REFERENCE_PREPARED = flags.DEFINE_string(
+    'reference_prepared', None, 'With --workdir: take the real images from '
+    'this prepared folder instead of the run\'s dataset (e.g. a held-out '
+    'set, or the same faces prepared without --labels whose statistics are '
+    'cached); the output\'s "dataset" says which was used.')
 _USE_EMA = flags.DEFINE_bool(
     'use_ema', True, 'With --workdir: score the EMA generator (--nouse_ema: '
     'the raw one).')
@@ -219,8 +226,12 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
                      cache_dir: str | None = None,
                      seed: int = scoring.EVAL_SEED, use_ema: bool = True,
                      extractor: metrics_lib.FeatureExtractor | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True,
+                     reference_prepared: str | None = None) -> dict[str, Any]:
   """Scores a run's checkpoint against its dataset's reference statistics.
+
+  `reference_prepared`: a prepared folder whose images form the reference
+  instead (at the run's resolution).
 
   Args:
     workdir: the run's workdir.
@@ -239,14 +250,23 @@ def evaluate_workdir(workdir: str, *, step: int | None = None,
   if num_samples < 2 or reference_images < 2:
     raise ValueError('--num_samples and --reference_images must be >= 2.')
   config, program, state, _ = saved_run.restore_run(workdir, step)
+  reference_config = config
+  if reference_prepared:
+    import input_pipeline  # pylint: disable=g-import-not-at-top
+    reference_config = ml_collections.ConfigDict(config.to_dict())
+    reference_config.dataset.source = 'folder'
+    reference_config.dataset.path = reference_prepared
+    reference_config.dataset.attributes = ''
+    input_pipeline.validate_dataset_config(reference_config.dataset)
   extractor = extractor or _extractor(weights_path,
                                       scoring.mesh_of(program))
   reference = scoring.dataset_reference(
-      config, extractor, reference_images, cache_dir=cache_dir,
+      reference_config, extractor, reference_images, cache_dir=cache_dir,
       batch_size=batch_size, progress=progress)
   result = scoring.evaluate_state(
       config, program, state, extractor, reference, num_samples, metrics,
-      batch_size=batch_size, seed=seed, use_ema=use_ema, progress=progress)
+      batch_size=batch_size, seed=seed, use_ema=use_ema, progress=progress,
+      label_bank=conditioning.label_bank_of(workdir, program.attributes))
   return dict(result, workdir=os.path.abspath(workdir))
 
 
@@ -298,7 +318,8 @@ def main(argv: list[str]) -> None:
             _WORKDIR.value, step=_STEP.value, num_samples=_NUM_SAMPLES.value,
             reference_images=_REFERENCE_IMAGES.value,
             cache_dir=_CACHE_DIR.value, seed=_SEED.value,
-            use_ema=_USE_EMA.value, **common)
+            use_ema=_USE_EMA.value,
+            reference_prepared=_REFERENCE_PREPARED.value, **common)
   except (ValueError, FileNotFoundError) as error:
     # Bad folders, checkpoints, flags or missing weights: say what to do,
     # without a traceback.

@@ -22,6 +22,13 @@ output depends only on (checkpoint, seed, count), never on --batch_size.
 
 --truncation=PSI (0 < PSI <= 1) pulls latents towards the mean for more
 typical faces. Nothing is written when an error stops the command.
+
+A conditional run (trained with --config.dataset.attributes) draws each
+image's attributes from its training data's label vectors, like evaluation;
+--attributes fixes some of them:
+
+  python -m facegan_jax.generate --workdir=W --out=smiling.png \
+      --attributes=Smiling=1,Eyeglasses=1
 """
 
 import json
@@ -36,6 +43,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from facegan_jax import conditioning
 from facegan_jax import export
 from facegan_jax import latents as latents_lib
 from facegan_jax import monitoring
@@ -93,6 +101,10 @@ _EXPORT = flags.DEFINE_string(
 _SAVED_MODEL = flags.DEFINE_bool(
     'saved_model', False, 'With --export: also a TensorFlow SavedModel '
     '(needs TensorFlow).')
+_ATTRIBUTES = flags.DEFINE_string(
+    'attributes', None, 'Conditional runs: fix attributes, e.g. '
+    '"Smiling=1,Eyeglasses=0"; the others are drawn from the training '
+    "data's label vectors.")
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', 64, 'Images per generator call (does not change the '
     'images).')
@@ -114,15 +126,42 @@ class _Generator:
     self.variables = self.state.generator_variables(use_ema)
     self.render = projection.render_fn(self.config, self.program, self.state,
                                        use_ema)
+    self.label_bank = conditioning.label_bank_of(workdir,
+                                                 self.program.attributes)
 
-  def images(self, z: np.ndarray, truncation: float) -> np.ndarray:
-    """uint8 [N, H, W, 3] of latents [N, d], batch_size at a time."""
+  def fix_attributes(self, spec: str | None) -> None:
+    """Sets attributes ('Smiling=1,Male=0') in every label vector drawn."""
+    if not spec:
+      return
+    if self.label_bank is None:
+      raise ValueError('--attributes needs a conditional run (trained with '
+                       '--config.dataset.attributes); this one is not.')
+    self.label_bank = self.label_bank.copy()
+    for item in spec.split(','):
+      name, _, value = item.partition('=')
+      name = name.strip()
+      if name not in self.program.attributes or value.strip() not in ('0',
+                                                                       '1'):
+        raise ValueError(
+            f'--attributes: {item!r} is not NAME=0 or NAME=1 with NAME one '
+            f'of the run\'s attributes: {", ".join(self.program.attributes)}.')
+      self.label_bank[:, self.program.attributes.index(name)] = int(value)
+
+  def images(self, z: np.ndarray, truncation: float,
+             seed: int = 0) -> np.ndarray:
+    """uint8 [N, H, W, 3] of latents [N, d], batch_size at a time (labels
+    of a conditional run: one vector drawn with `seed`, for every image)."""
+    labels = None
+    if self.label_bank is not None:
+      labels = np.repeat(conditioning.draw_labels(self.label_bank, seed, 1),
+                         self.batch_size, axis=0)
     batches = []
     for start in range(0, len(z), self.batch_size):
       batch = z[start:start + self.batch_size]
       padded = np.zeros((self.batch_size, self.latent_dim), np.float32)
       padded[:len(batch)] = batch  # One compiled shape for every batch.
-      images = self.program.sample(*self.variables, padded, truncation)
+      images = self.program.sample(*self.variables, padded, truncation,
+                                   labels)
       batches.append(np.asarray(
           scoring.to_uint8(images, self.offset, self.scale))[:len(batch)])
     return np.concatenate(batches)
@@ -131,7 +170,7 @@ class _Generator:
     """uint8 batches of latents 0..num-1 of `seed` (see scoring)."""
     return scoring.generate_images(
         self.config, self.program, self.state, num, self.batch_size, seed,
-        self.use_ema, truncation)
+        self.use_ema, truncation, self.label_bank)
 
 
 def _checked_empty(folder: str, overwrite: bool, flag: str) -> None:
@@ -185,7 +224,7 @@ def write_walk(generator: _Generator, frames_between: int, keyframes: int,
   keys = latents_lib.latent_vectors(generator.mesh, seed, keyframes,
                                     generator.latent_dim)
   frames = generator.images(latents_lib.walk(keys, frames_between),
-                            truncation)
+                            truncation, seed)
   row = frames_between + 1
   segments = [frames[i:i + row + 1] for i in range(0, len(frames) - 1, row)]
   monitoring.save_png(
@@ -297,6 +336,10 @@ def run(mode: str) -> dict | None:
                          _BATCH_SIZE.value)
   print(f'Loaded {_WORKDIR.value} at step {generator.meta["step"]} '
         f'({"raw" if _RAW.value else "EMA"} generator).', file=sys.stderr)
+  generator.fix_attributes(_ATTRIBUTES.value)
+  if generator.label_bank is not None and mode in ('project', 'export'):
+    raise ValueError(f'--{mode} does not support conditional runs yet (their '
+                     'generator also takes attribute labels).')
   seed, psi = _SEED.value, _TRUNCATION.value
   if mode == 'grid':
     write_grid(generator, num, seed, psi, _OUT.value)

@@ -19,6 +19,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from facegan_jax import checkpointing
+from facegan_jax import conditioning
 from facegan_jax import metrics as metrics_lib
 from facegan_jax import scoring
 from facegan_jax import train_step as train_step_lib
@@ -63,6 +64,7 @@ class PeriodicEvaluator:
     self.every = config.eval_every
     self.num_samples = config.eval_num_samples
     self.metrics = scoring.parse_metrics(config.eval_metrics)
+    self.workdir = epath.Path(workdir)
     self.best_dir = epath.Path(workdir) / 'best'
     self.scores_path = epath.Path(workdir) / 'eval' / 'scores.jsonl'
     self.progress = progress
@@ -111,7 +113,9 @@ class PeriodicEvaluator:
     self.prepare(start_step=step - 1)
     result = scoring.evaluate_state(
         self.config, self.program, state, self._extractor, self._reference,
-        self.num_samples, self.metrics, progress=self.progress)
+        self.num_samples, self.metrics, progress=self.progress,
+        label_bank=conditioning.label_bank_of(self.workdir,
+                                              self.program.attributes))
     result['step'] = int(step)
     self.last_result = result
     fid = result['fid']

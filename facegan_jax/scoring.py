@@ -31,7 +31,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from facegan_jax import conditioning
 from facegan_jax import latents as latents_lib
+from facegan_jax import partitioning
 from facegan_jax import metrics as metrics_lib
 from facegan_jax import train_step as train_step_lib
 from facegan_jax.metrics import inception
@@ -97,12 +99,14 @@ def pixel_normalization(dataset_config) -> tuple[float, float]:
 def generate_images(config: ml_collections.ConfigDict,
                     program: train_step_lib.Program, state: Any,
                     num_samples: int, batch_size: int, seed: int = EVAL_SEED,
-                    use_ema: bool = True, truncation: float = 1.0
+                    use_ema: bool = True, truncation: float = 1.0,
+                    label_bank: np.ndarray | None = None
                     ) -> Iterator[np.ndarray]:
   """This process's share of `num_samples` generated images, batch by batch.
 
-  Sample i comes from z_i = normal(fold_in(PRNGKey(seed), i)), so the set of
-  images does not depend on batch_size or the device or process count. Each
+  Sample i comes from z_i = normal(fold_in(PRNGKey(seed), i)) (and for a
+  conditional run, labels drawn from `label_bank` by (seed, i)), so the set
+  of images does not depend on batch_size or the device or process count. Each
   global batch is generated on the device (one compilation: every batch has
   the same size, the last is trimmed on the host); process p keeps its slice.
 
@@ -117,6 +121,8 @@ def generate_images(config: ml_collections.ConfigDict,
     use_ema: the EMA generator (else the raw one).
     truncation: psi of the truncation trick, 0 < psi <= 1 (1 = none; see
       `train_step.make_sample_fn`).
+    label_bank: a conditional run's real label vectors [M, A]
+      (conditioning.load_label_bank); required exactly when it is one.
 
   Yields:
     uint8 [b, H, W, 3] batches: b = batch_size / process_count but the last.
@@ -127,14 +133,24 @@ def generate_images(config: ml_collections.ConfigDict,
                      f'process count ({num_processes}).')
   batch_size = -(-batch_size // num_processes) * num_processes
   latents_lib.check_truncation(truncation)
+  if bool(program.attributes) != (label_bank is not None):
+    raise ValueError('A conditional run is sampled with its label bank, an '
+                     'unconditional one without (conditioning.load_label_bank).')
+  labels = None
+  if label_bank is not None:
+    labels = conditioning.draw_labels(
+        label_bank, seed, -(-num_samples // batch_size) * batch_size)
   draw = latents_lib.stream_fn(mesh_of(program), batch_size,
                                config.model.latent_dim)
   offset, scale = pixel_normalization(config.dataset)
   params, g_stats = state.generator_variables(use_ema)
   key = jax.random.PRNGKey(seed)
   for start in range(0, num_samples, batch_size):
+    batch_labels = None if labels is None else jax.device_put(
+        labels[start:start + batch_size], partitioning.replicated(
+            mesh_of(program)))
     images = to_uint8(program.sample(params, g_stats, draw(key, start),
-                                     truncation), offset, scale)
+                                     truncation, batch_labels), offset, scale)
     images = np.asarray(images)[:num_samples - start]
     share = images.shape[0] // num_processes
     yield images[process * share:(process + 1) * share]
@@ -290,7 +306,8 @@ def evaluate_state(config: ml_collections.ConfigDict,
                    metrics: Sequence[str] = metrics_lib.ALL_METRICS, *,
                    batch_size: int | None = None, seed: int = EVAL_SEED,
                    use_ema: bool = True,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True,
+                   label_bank: np.ndarray | None = None) -> dict[str, Any]:
   """Scores the generator of `state` against `reference`.
 
   Args:
@@ -307,6 +324,7 @@ def evaluate_state(config: ml_collections.ConfigDict,
     seed: latent stream (see `generate_images`).
     use_ema: score the EMA generator (else the raw one).
     progress: progress line on stderr.
+    label_bank: a conditional run's label vectors (see `generate_images`).
 
   Returns:
     SCORE_KEYS as floats (NaN where not computed) and the provenance:
@@ -319,7 +337,7 @@ def evaluate_state(config: ml_collections.ConfigDict,
   fake_features, fake_logits = metrics_lib.extract_features(
       extractor,
       generate_images(config, program, state, num_samples, batch_size, seed,
-                      use_ema),
+                      use_ema, label_bank=label_bank),
       num_images=num_samples // jax.process_count(), progress=progress,
       description='Generated images')
   scores = metrics_lib.compute_all(reference, fake_features, None, fake_logits,

@@ -17,6 +17,7 @@ from etils import epath
 
 import input_pipeline
 from facegan_jax import checkpointing
+from facegan_jax import conditioning
 from facegan_jax import metric_summary
 from facegan_jax import monitoring
 from facegan_jax import partitioning
@@ -28,6 +29,9 @@ from facegan_jax.config_validation import validate_config
 # The fixed latent vectors for sample grids come from this stream, apart from
 # the training randomness, so grids are comparable across runs and resumes.
 _SAMPLE_SEED_OFFSET = 1_000_003
+
+# Attributes the off/on grid of a conditional run shows (the first ones).
+_GRID_ATTRIBUTES = 10
 
 # Rollbacks after non-finite losses before giving up (nan_rollback_lr_scale).
 _MAX_ROLLBACKS = 3
@@ -79,6 +83,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   """One attempt of `train_and_evaluate`."""
   validate_config(config)
   input_pipeline.validate_dataset_config(config.dataset)
+  config = _with_resolved_attributes(config)
   # epath: a workdir on a bucket (gs://...) works like a local folder.
   workdir = epath.Path(workdir).expanduser()
   if not workdir.is_absolute():  # Local and relative (a bucket is absolute).
@@ -92,6 +97,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       workdir / 'checkpoints', keep=config.keep_checkpoints,
       checkpoint_every=config.checkpoint_every) as checkpointer:
     state = _restore_or_init(config, program, checkpointer, workdir)
+    if program.attributes and jax.process_index() == 0:
+      conditioning.save_label_bank(
+          workdir, program.attributes,
+          input_pipeline.all_labels(config.dataset))
     print(f'Training {config.model.generator}/{config.model.discriminator} '
           f'({config.loss.name}, penalty {config.loss.penalty}) at '
           f'{config.dataset.resolution}x{config.dataset.resolution} on '
@@ -100,6 +109,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           f'{workdir}', flush=True)
     loop = _Loop(config, program, mesh, checkpointer, workdir)
     return loop.run(state, deadline)
+
+
+def _with_resolved_attributes(config):
+  """`config` with dataset.attributes as the names it resolves to ('all'
+  expanded), so the checkpoint says exactly what the models condition on."""
+  names = input_pipeline.resolve_attributes(config.dataset)
+  if ','.join(names) == config.dataset.attributes:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.dataset.attributes = ','.join(names)
+  return config
 
 
 def _restore_or_init(config, program, checkpointer, workdir):
@@ -149,8 +169,10 @@ def _with_weights_from(state, run_dir: str, state_sharding):
   return jax.device_put(state.replace(**weights), state_sharding)
 
 
-def _local_batches(config, start_step: int) -> Iterator[np.ndarray]:
-  """This process's real images per step, [n_critic, B_local, H, W, C].
+def _local_batches(config, start_step: int
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+  """This process's real images per step, [n_critic, B_local, H, W, C], and
+  their labels [n_critic, B_local, A] (None for an unconditional run).
 
   The stream is a pure function of (seed, process count, position), so it
   resumes exactly where `start_step` left it.
@@ -161,9 +183,11 @@ def _local_batches(config, start_step: int) -> Iterator[np.ndarray]:
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), start_batch=start_step)
   for batch in dataset.as_numpy_iterator():
-    images = batch['image']
-    yield images.reshape((config.n_critic, local_batch_size) +
-                         images.shape[1:])
+    per_update = lambda x: x.reshape((config.n_critic, local_batch_size) +
+                                     x.shape[1:])
+    labels = batch.get('labels')
+    yield (per_update(batch['image']),
+           None if labels is None else per_update(labels))
 
 
 def _run_metadata(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
@@ -218,6 +242,13 @@ class _Loop:
             jax.random.PRNGKey(config.seed + _SAMPLE_SEED_OFFSET),
             (config.num_samples, config.model.latent_dim))),
         partitioning.replicated(mesh))
+    self.sample_labels = None  # Labels of a conditional run's grids.
+    if program.attributes:
+      self.sample_labels = jax.device_put(
+          conditioning.draw_labels(input_pipeline.all_labels(config.dataset),
+                                   config.seed + _SAMPLE_SEED_OFFSET,
+                                   config.num_samples),
+          partitioning.replicated(mesh))
 
   def run(self, state, deadline: float | None = None):
     config = self.config
@@ -239,12 +270,14 @@ class _Loop:
       with stopping.StopRequest(jax.process_count() > 1, deadline,
                                 config.log_every) as stop:
         while step < config.num_train_steps:
-          local_images = next(batches)
+          local_images, local_labels = next(batches)
           if step == 0:
             self.writer.write_images(0, {'real_images': monitoring.image_grid(
                 local_images[0][:config.num_samples])[None]})
+          batch = (local_images if local_labels is None else
+                   (local_images, local_labels))
           state, metrics = self.program.step(
-              state, partitioning.make_global_batch(local_images, self.mesh,
+              state, partitioning.make_global_batch(batch, self.mesh,
                                                     batch_axis=1))
           self.summary = metric_summary.accumulate(self.summary, metrics,
                                                    state.step)
@@ -310,16 +343,38 @@ class _Loop:
                                    seconds_left), flush=True)
 
   def _write_sample_grids(self, state, step: int) -> None:
+    """Raw and EMA grids of the fixed latents; a conditional run adds one
+    showing each attribute off and on for the same latents (EMA)."""
     grids = {}
     for name, use_ema in (('samples', False), ('samples_ema', True)):
       params, stats = state.generator_variables(use_ema)
-      images = jax.device_get(self.program.sample(params, stats, self.sample_z))
+      images = jax.device_get(self.program.sample(
+          params, stats, self.sample_z, 1.0, self.sample_labels))
       grids[name] = monitoring.image_grid(images)
+    files = {'samples_ema': 'ema', 'samples': 'raw'}
+    if self.program.attributes:
+      grids['attributes_ema'] = self._attribute_grid(state)
+      files['attributes_ema'] = 'attributes_ema'
     if jax.process_index() == 0:
-      for name, prefix in (('samples_ema', 'ema'), ('samples', 'raw')):
+      for name, prefix in files.items():
         monitoring.save_png(
             grids[name], self.workdir / 'samples' / f'{prefix}_{step:07d}.png')
     self.writer.write_images(step, {k: v[None] for k, v in grids.items()})
+
+  def _attribute_grid(self, state) -> np.ndarray:
+    """Row pairs: attribute a off, then on; the other attributes as drawn
+    for each latent. At most _GRID_ATTRIBUTES attributes, 8 latents."""
+    count = min(8, self.config.num_samples)
+    base = np.asarray(self.sample_labels)[:count]
+    labels = conditioning.toggle_grid_labels(base[:, :_GRID_ATTRIBUTES])
+    if base.shape[1] > _GRID_ATTRIBUTES:  # The rest as drawn.
+      rest = np.tile(base[:, _GRID_ATTRIBUTES:], (len(labels) // count, 1))
+      labels = np.concatenate([labels, rest], axis=1)
+    z = np.tile(np.asarray(self.sample_z)[:count], (len(labels) // count, 1))
+    z, labels = jax.device_put((z, labels), partitioning.replicated(self.mesh))
+    params, stats = state.generator_variables(True)
+    images = jax.device_get(self.program.sample(params, stats, z, 1.0, labels))
+    return monitoring.image_grid(images, cols=count)
 
   def _report_scores(self, state, step: int, scores: dict[str, float]) -> None:
     """TensorBoard eval/*, a console line, and the best checkpoint."""

@@ -19,6 +19,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from facegan_jax import conditioning
 from facegan_jax import latents
 from facegan_jax import losses
 from facegan_jax.diffaugment import diff_augment
@@ -34,7 +35,9 @@ def create_models(config: ml_collections.ConfigDict) -> tuple[nn.Module, nn.Modu
   """The generator and the critic named by `config.model`."""
   dtype = jnp.dtype(config.dtype)
   resolution = config.dataset.resolution
-  return (models.create_generator(config.model, resolution, dtype),
+  num_attributes = len(conditioning.conditioned_attributes(config))
+  return (models.create_generator(config.model, resolution, dtype,
+                                  num_attributes),
           models.create_discriminator(config.model, resolution, dtype))
 
 
@@ -63,10 +66,12 @@ def init_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
   """A fresh TrainState; pure, so `jax.eval_shape` gives its abstract shape."""
   g_rng, d_rng, run_rng = jax.random.split(rng, 3)
   resolution = config.dataset.resolution
-  z = jnp.zeros((1, config.model.latent_dim), jnp.float32)
+  labels = _init_labels(config)
+  z = conditioning.generator_input(
+      jnp.zeros((1, config.model.latent_dim), jnp.float32), labels)
   images = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
   g_vars = dict(generator.init(g_rng, z, train=False))
-  d_vars = dict(discriminator.init(d_rng, images, train=False))
+  d_vars = dict(discriminator.init(d_rng, images, labels, train=False))
   g_params, d_params = g_vars.pop('params'), d_vars.pop('params')
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -81,6 +86,12 @@ def init_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
       ema_batch_stats=jax.tree_util.tree_map(
           jnp.copy, g_vars.get('batch_stats', {})),
       rng=run_rng)
+
+
+def _init_labels(config: ml_collections.ConfigDict) -> jax.Array | None:
+  """Labels [1, A] to initialize a conditional run's models with, or None."""
+  num_attributes = len(conditioning.conditioned_attributes(config))
+  return jnp.zeros((1, num_attributes)) if num_attributes else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,40 +130,45 @@ class GanUpdate:
     return jax.lax.with_sharding_constraint(
         x, partitioning.batch_sharding(self.mesh))
 
-  def generate(self, g_params, g_stats, z, rng):
+  def generate(self, g_params, g_stats, z, rng, labels=None):
     """Images [B, H, W, 3] in training mode, and the updated batch stats.
 
     `rng` feeds the generators that draw randomness while training
     (StyleGAN2's per-pixel noise and style mixing); the others ignore it.
+    `labels` [B, A] (0/1) condition a conditional generator.
     """
     noise_rng, mixing_rng = jax.random.split(rng)
+    z = conditioning.generator_input(z, labels)
     images, updates = self.generator.apply(
         _variables(g_params, g_stats), self.shard_batch(z), train=True,
         mutable=['batch_stats'],
         rngs={'noise': noise_rng, 'style_mix': mixing_rng})
     return self.shard_batch(images), updates.get('batch_stats', g_stats)
 
-  def critic(self, d_params, d_stats, images, train: bool):
-    """Scores [B] and the updated critic stats."""
+  def critic(self, d_params, d_stats, images, train: bool, labels=None):
+    """Scores [B] and the updated critic stats (labels: conditional)."""
     scores, updates = self.discriminator.apply(
-        _variables(d_params, d_stats), images, train=train,
+        _variables(d_params, d_stats), images, labels, train=train,
         mutable=['batch_stats'])
     return scores, updates.get('batch_stats', d_stats)
 
   def critic_loss(self, d_params, d_stats, real, fake, penalty_rng,
-                  update_index):
+                  update_index, labels=None):
     """The critic's objective with penalty and drift; (loss, (stats, aux)).
 
     Lazy regularization (Karras et al. 2020): with loss.r1_every = k > 1 the
     penalty is computed on every k-th critic update only (`update_index`
     counts them over the run), weighted k times to keep its strength.
+
+    A conditional critic scores real and fake with the same `labels` (the
+    fakes were generated with them), so every penalty sees one function.
     """
     loss_config = self.config.loss
-    real_scores, stats = self.critic(d_params, d_stats, real, train=True)
-    fake_scores, stats = self.critic(d_params, stats, fake, train=True)
+    real_scores, stats = self.critic(d_params, d_stats, real, True, labels)
+    fake_scores, stats = self.critic(d_params, stats, fake, True, labels)
     adversarial = losses.critic_loss(loss_config.name, real_scores,
                                      fake_scores, loss_config.label_smoothing)
-    critic_fn = lambda x: self.critic(d_params, stats, x, train=False)[0]
+    critic_fn = lambda x: self.critic(d_params, stats, x, False, labels)[0]
     every = loss_config.r1_every
     penalty_of = lambda weight: losses.penalty(
         loss_config.penalty, critic_fn, real, fake, penalty_rng, weight)
@@ -172,30 +188,34 @@ class GanUpdate:
   def critic_update(self, g_params, g_stats, carry, inputs):
     """One critic update on one real batch: a `lax.scan` body."""
     d_params, d_opt_state, d_stats = carry
-    real, rng, update_index = inputs
+    real, labels, rng, update_index = inputs
     z_rng, penalty_rng, real_aug_rng, fake_aug_rng, g_rng = jax.random.split(
         rng, 5)
     z = jax.random.normal(z_rng, (real.shape[0], self.config.model.latent_dim))
-    fake = jax.lax.stop_gradient(self.generate(g_params, g_stats, z, g_rng)[0])
+    fake = jax.lax.stop_gradient(
+        self.generate(g_params, g_stats, z, g_rng, labels)[0])
     (loss, (d_stats, aux)), grads = jax.value_and_grad(
         self.critic_loss, has_aux=True)(
             d_params, d_stats, self.augment(real, real_aug_rng),
-            self.augment(fake, fake_aug_rng), penalty_rng, update_index)
+            self.augment(fake, fake_aug_rng), penalty_rng, update_index,
+            labels)
     updates, d_opt_state = self.d_tx.update(grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, updates)
     metrics = dict(aux, d_loss=loss, d_grad_norm=optax.tree.norm(grads))
     return (d_params, d_opt_state, d_stats), metrics
 
-  def critic_phase(self, state: TrainState, images: jax.Array
+  def critic_phase(self, state: TrainState, images: jax.Array,
+                   labels: jax.Array | None = None
                    ) -> tuple[TrainState, Metrics]:
-    """n_critic critic updates, one per real batch of images [n_critic, B, ...]."""
+    """n_critic critic updates, one per real batch of images [n_critic, B, ...]
+    (and its labels [n_critic, B, A] in a conditional run)."""
     critic_rng, _, _ = _step_rngs(state)
     n_critic = images.shape[0]
     (d_params, d_opt_state, d_stats), metrics = jax.lax.scan(
         functools.partial(self.critic_update, state.g_params,
                           state.batch_stats['generator']),
         (state.d_params, state.d_opt_state, state.batch_stats['discriminator']),
-        (images, jax.random.split(critic_rng, n_critic),
+        (images, labels, jax.random.split(critic_rng, n_critic),
          state.step * n_critic + jnp.arange(n_critic)))
     state = state.replace(
         d_params=d_params, d_opt_state=d_opt_state,
@@ -205,12 +225,14 @@ class GanUpdate:
     metrics['d_lr'] = jnp.asarray(self.d_schedule(state.step), jnp.float32)
     return state, metrics
 
-  def generator_phase(self, state: TrainState, real: jax.Array
+  def generator_phase(self, state: TrainState, real: jax.Array,
+                      labels: jax.Array | None = None
                       ) -> tuple[TrainState, Metrics]:
     """One generator update on B fresh latents, the EMA, step + 1.
 
     `real` [B, H, W, C]: a real batch, scored only by the losses that pair
-    each fake with a real (losses.PAIRED_LOSSES); its size is B.
+    each fake with a real (losses.PAIRED_LOSSES); its size is B. `labels`
+    [B, A], its labels in a conditional run, condition the fakes too.
     """
     _, g_rng, g_aug_rng = _step_rngs(state)
     z_rng, noise_rng, real_aug_rng = jax.random.split(g_rng, 3)
@@ -220,19 +242,21 @@ class GanUpdate:
     real_scores = None
     if loss_name in losses.PAIRED_LOSSES:
       real_scores, _ = self.critic(state.d_params, d_stats,
-                                   self.augment(real, real_aug_rng), train=True)
+                                   self.augment(real, real_aug_rng), True,
+                                   labels)
       real_scores = jax.lax.stop_gradient(real_scores)
 
     def loss_fn(g_params):
       fake, g_stats = self.generate(g_params, state.batch_stats['generator'], z,
-                                    noise_rng)
+                                    noise_rng, labels)
       scores, _ = self.critic(state.d_params, d_stats,
-                              self.augment(fake, g_aug_rng), train=True)
+                              self.augment(fake, g_aug_rng), True, labels)
       loss = losses.generator_loss(loss_name, scores, real_scores)
       if not self.config.loss.path_length_weight:
         return loss, (g_stats, {})
       penalty, g_stats = self.lazy_path_length(
-          g_params, g_stats, z, jax.random.fold_in(g_rng, 1), state.step)
+          g_params, g_stats, conditioning.generator_input(z, labels),
+          jax.random.fold_in(g_rng, 1), state.step)
       return loss + penalty, (g_stats, {'g_penalty': penalty})
 
     (g_loss, (g_stats, aux)), g_grads = jax.value_and_grad(
@@ -253,6 +277,8 @@ class GanUpdate:
 
   def lazy_path_length(self, g_params, g_stats, z, rng, step):
     """StyleGAN2's path length regularization on every k-th generator update.
+
+    `z`: the generator's input (joined with the labels when conditional).
 
     k = loss.path_length_every; the penalty is weighted k times
     loss.path_length_weight there and 0 elsewhere, on the first
@@ -320,17 +346,21 @@ def make_train_phases(config: ml_collections.ConfigDict,
 
 def make_train_step(*args, **kwargs
                     ) -> Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]:
-  """Builds `train_step(state, images) -> (state, metrics)` (not yet jitted).
+  """Builds `train_step(state, images, labels=None) -> (state, metrics)`
+  (not yet jitted).
 
   Takes the arguments of `make_train_phases`. `images` is
-  [n_critic, B, H, W, C] in [-1, 1]; metrics are float32 scalars that stay on
+  [n_critic, B, H, W, C] in [-1, 1]; `labels`, [n_critic, B, A] of 0/1, their
+  attributes in a conditional run; metrics are float32 scalars that stay on
   device until the caller fetches them.
   """
   critic_phase, generator_phase = make_train_phases(*args, **kwargs)
 
-  def train_step(state: TrainState, images: jax.Array):
-    state, critic_metrics = critic_phase(state, images)
-    state, generator_metrics = generator_phase(state, images[-1])
+  def train_step(state: TrainState, images: jax.Array,
+                 labels: jax.Array | None = None):
+    state, critic_metrics = critic_phase(state, images, labels)
+    state, generator_metrics = generator_phase(
+        state, images[-1], None if labels is None else labels[-1])
     return state, {**critic_metrics, **generator_metrics}
 
   return train_step
@@ -344,9 +374,11 @@ def sample_chunk() -> int:
 
 def make_sample_fn(generator: nn.Module,
                    chunk: int | None = None) -> Callable[..., jax.Array]:
-  """`sample(params, g_stats, z, truncation=1.0) -> images [N, H, W, 3]`.
+  """`sample(params, g_stats, z, truncation=1.0, labels=None) -> images
+  [N, H, W, 3]`.
 
-  Inference mode; `truncation` is psi of the truncation trick (1 = none).
+  Inference mode; `truncation` is psi of the truncation trick (1 = none);
+  `labels` [N, A] (0/1) are a conditional generator's attributes.
 
   The image of a latent does not depend on the batch it is drawn in, bit for
   bit: XLA's convolutions round differently at different batch sizes, so the
@@ -360,21 +392,27 @@ def make_sample_fn(generator: nn.Module,
   # mean: in w for style-based generators, else in z.
   in_w_space = getattr(generator, 'truncation_space', 'z') == 'w'
 
-  def images_of(params, g_stats, z, truncation):
+  def images_of(params, g_stats, z, labels, truncation):
     variables = _variables(params, g_stats)
     if in_w_space:
-      return generator.apply(variables, z, train=False,
-                             truncation_psi=truncation)
-    return generator.apply(variables, latents.truncate(z, truncation),
+      return generator.apply(
+          variables, conditioning.generator_input(z, labels), train=False,
+          truncation_psi=truncation)
+    z = latents.truncate(z, truncation)  # z only, never the labels.
+    return generator.apply(variables, conditioning.generator_input(z, labels),
                            train=False)
 
-  def sample(params, g_stats, z, truncation=1.0):
-    num, latent_dim = z.shape
+  def in_chunks(x, chunks):
+    x = jnp.pad(x, ((0, chunks * chunk - x.shape[0]), (0, 0)))
+    return x.reshape(chunks, chunk, x.shape[-1])
+
+  def sample(params, g_stats, z, truncation=1.0, labels=None):
+    num = z.shape[0]
     chunks = -(-num // chunk)
-    z = jnp.pad(z, ((0, chunks * chunk - num), (0, 0)))
+    labels = None if labels is None else in_chunks(labels, chunks)
     images = jax.lax.map(
-        lambda z: images_of(params, g_stats, z, truncation),
-        z.reshape(chunks, chunk, latent_dim))
+        lambda zy: images_of(params, g_stats, *zy, truncation),
+        (in_chunks(z, chunks), labels))
     return images.reshape(-1, *images.shape[2:])[:num]
   return sample
 
@@ -385,13 +423,16 @@ class Program:
 
   Attributes:
     init: rng -> TrainState, born sharded (params replicated).
-    step: (state, images [n_critic, B, H, W, C]) -> (state, metrics); jitted
-      with the state donated, images split over the mesh's `data` axis.
-    sample: (params, g_stats, z [N, latent], truncation=1.0) -> images
-      [N, H, W, 3].
+    step: (state, images [n_critic, B, H, W, C]) -> (state, metrics), or for
+      a conditional run (state, (images, labels [n_critic, B, A])); jitted
+      with the state donated, the batch split over the `data` axis.
+    sample: (params, g_stats, z [N, latent], truncation=1.0, labels=None)
+      -> images [N, H, W, 3].
     abstract_state: TrainState of ShapeDtypeStructs (Orbax's restore target).
     state_sharding: TrainState of NamedShardings.
     generator, discriminator: the modules.
+    attributes: the attributes a conditional run is conditioned on (else
+      empty).
   """
   init: Callable[[jax.Array], TrainState]
   step: Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]
@@ -400,6 +441,7 @@ class Program:
   state_sharding: Any
   generator: nn.Module
   discriminator: nn.Module
+  attributes: tuple[str, ...] = ()
 
 
 def build_program(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
@@ -412,9 +454,17 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
   abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   replicated = partitioning.replicated(mesh)
   state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state)
+  train_step = make_train_step(config, generator, discriminator, g_tx, d_tx,
+                               g_schedule, d_schedule, mesh)
+
+  def step(state, batch):
+    # batch: images, or (images, labels) for a conditional run; one
+    # sharding (split along axis 1) covers both.
+    return train_step(state, *(batch if isinstance(batch, tuple) else
+                               (batch,)))
+
   step = jax.jit(
-      make_train_step(config, generator, discriminator, g_tx, d_tx,
-                      g_schedule, d_schedule, mesh),
+      step,
       in_shardings=(state_sharding, partitioning.batch_sharding(mesh, 1)),
       out_shardings=(state_sharding, replicated),
       donate_argnums=0)
@@ -425,4 +475,5 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
       abstract_state=abstract_state,
       state_sharding=state_sharding,
       generator=generator,
-      discriminator=discriminator)
+      discriminator=discriminator,
+      attributes=conditioning.conditioned_attributes(config))

@@ -17,13 +17,16 @@ would have.
 """
 
 import ml_collections
+import numpy as np
 import tensorflow as tf
 
+from facegan_jax import conditioning
 from facegan_jax import diffaugment
 from facegan_jax import models
 from input_pipeline import augment
 from input_pipeline import crops
 from input_pipeline import prepare
+from input_pipeline import prepared_arrays
 from input_pipeline import procedural
 from input_pipeline import sources
 
@@ -69,6 +72,30 @@ def validate_dataset_config(dataset_config: ml_collections.ConfigDict) -> None:
                        f'choose one of: {", ".join(crops.CROPS)}.')
     sources.tfds_builder(dataset_config.name, dataset_config.data_dir,
                          dataset_config.split, dataset_config.image_key)
+  resolve_attributes(dataset_config)
+
+
+def available_attributes(dataset_config: ml_collections.ConfigDict
+                         ) -> tuple[str, ...]:
+  """The attribute names the configured dataset has labels for."""
+  if dataset_config.source == 'folder':
+    return tuple(prepare.read_manifest(dataset_config.path).get(
+        'attributes', ()))
+  if dataset_config.source == 'tfds':
+    return sources.tfds_attributes(sources.tfds_builder(
+        dataset_config.name, dataset_config.data_dir, dataset_config.split,
+        dataset_config.image_key))
+  return ()
+
+
+def resolve_attributes(dataset_config: ml_collections.ConfigDict
+                       ) -> tuple[str, ...]:
+  """`dataset.attributes` as names ('all' expanded), checked against the
+  data; ValueError listing the valid names otherwise."""
+  if not dataset_config.attributes.strip():
+    return ()
+  return conditioning.parse_attributes(dataset_config.attributes,
+                                       available_attributes(dataset_config))
 
 
 def _validate_folder(path: str, resolution: int) -> None:
@@ -88,21 +115,42 @@ def _validate_folder(path: str, resolution: int) -> None:
         f'{resolution}: prepare it again with --resolution={resolution}.')
 
 
+def all_labels(dataset_config: ml_collections.ConfigDict) -> np.ndarray:
+  """Every example's labels of dataset.attributes, int32 [N, A] (all
+  processes' examples; images are not decoded)."""
+  names = resolve_attributes(dataset_config)
+  if dataset_config.source == 'folder':
+    labels = prepared_arrays.read_prepared(dataset_config.path,
+                                           with_images=False)[1]
+    available = prepared_arrays.attribute_names(dataset_config.path)
+    return labels[:, [available.index(name) for name in names]]
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = sources.tfds_builder(dataset_config.name, dataset_config.data_dir,
+                                 dataset_config.split, dataset_config.image_key)
+  examples = builder.as_dataset(
+      split=dataset_config.split, shuffle_files=False,
+      decoders={dataset_config.image_key: tfds.decode.SkipDecoding()})
+  rows = examples.map(lambda example: tf.stack(
+      [tf.cast(example['attributes'][name], tf.int32) for name in names]))
+  return np.concatenate(list(rows.batch(4096).as_numpy_iterator()))
+
+
 def create_source(dataset_config: ml_collections.ConfigDict,
                   process_index: int = 0, process_count: int = 1):
   """The source object (see sources.py) for this process's part."""
   resolution = dataset_config.resolution
+  attributes = resolve_attributes(dataset_config)
   if dataset_config.source == 'procedural':
     return sources.ProceduralSource(dataset_config.num_images, resolution,
                                     process_index, process_count)
   if dataset_config.source == 'folder':
     return sources.FolderSource(dataset_config.path, resolution,
-                                process_index, process_count)
+                                process_index, process_count, attributes)
   if dataset_config.source == 'tfds':
     return sources.TfdsSource(
         dataset_config.name, dataset_config.data_dir, dataset_config.split,
         dataset_config.image_key, dataset_config.crop, resolution,
-        process_index, process_count)
+        process_index, process_count, attributes)
   raise ValueError(f'dataset.source={dataset_config.source!r} is not valid; '
                    f'choose one of: {", ".join(SOURCES)}.')
 
@@ -177,8 +225,9 @@ def create_dataset(dataset_config: ml_collections.ConfigDict, *,
 
   Returns:
     Infinite dataset of {'image': float32 [B, R, R, 3]}, in [-1, 1] (or
-    standardized per channel with dataset.standardize); identical for
-    identical arguments.
+    standardized per channel with dataset.standardize), and with
+    dataset.attributes 'labels': float32 [B, A] of 0/1 in their order;
+    identical for identical arguments.
 
   Raises:
     ValueError: the config is unusable, or this process owns no examples.
@@ -206,14 +255,19 @@ def create_dataset(dataset_config: ml_collections.ConfigDict, *,
       translate=dataset_config.translate, rotate=dataset_config.rotate)
   offset, scale = _normalization(dataset_config)
 
-  def finish(batch_index, images):
+  def finish(batch_index, images, labels=None):
     if any(flips_or_moves.values()):
       key = tf.random.experimental.stateless_fold_in(augment_seed, batch_index,
                                                      alg=_PHILOX)
       images = augment.augment_batch(images, key, **flips_or_moves)
-    return {'image': (tf.cast(images, tf.float32) - offset) * scale}
+    batch = {'image': (tf.cast(images, tf.float32) - offset) * scale}
+    if labels is not None:
+      batch['labels'] = tf.cast(labels, tf.float32)
+    return batch
 
   dataset = tf.data.Dataset.zip(_count_from(start_batch), batches)
+  if isinstance(dataset.element_spec[1], tuple):  # (images, labels)
+    dataset = dataset.map(lambda index, pair: (index, *pair))
   dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=True)
   options = tf.data.Options()
@@ -253,5 +307,7 @@ def _measure_statistics(dataset_config: ml_collections.ConfigDict):
     size = min(_STATS_IMAGES, source.num_examples)
     images = next(source.images(source.records(tf.constant([0, 0], tf.int64)),
                                 size).as_numpy_iterator())
+    if isinstance(images, tuple):  # (images, labels)
+      images = images[0]
   pixels = images.reshape(-1, 3) / 255
   return pixels.mean(0).tolist(), pixels.std(0).tolist()

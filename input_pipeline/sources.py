@@ -10,7 +10,9 @@ members, which pipeline.py turns into the shuffled, resumable stream:
   shuffle_window(shuffle_buffer): how many records the stream permutes at a
     time.
   images(records, batch_size): batches of decoded images, uint8
-    [B, R, R, 3] (drop_remainder).
+    [B, R, R, 3] (drop_remainder); with `attributes` (folder, tfds), pairs
+    (images, labels int32 [B, A] of 0/1 in the order asked for).
+  available_attributes: the attribute names the source could label with.
 
 Per-process parts: index ranges for 'procedural', record ranges over the
 shards (from the manifest's counts) for 'folder', and
@@ -55,6 +57,8 @@ def _permutation(size, seed):
 class ProceduralSource:
   """The built-in faces: example i is `procedural.render_faces([i])`.
 
+  They carry no attribute labels.
+
   This process's faces are drawn once, up front, into memory, and served by
   tf.gather: drawing them inside tf.data would need a Python callback
   (tf.numpy_function), and TensorFlow can hang at interpreter exit when such
@@ -67,6 +71,7 @@ class ProceduralSource:
                                        process_count)
     self.num_examples = self.stop - self.start
     self.resolution = resolution
+    self.available_attributes = ()
     size = self.num_examples * 3 * resolution**2
     if size > _MAX_FACES_BYTES:
       raise ValueError(
@@ -97,14 +102,21 @@ class ProceduralSource:
 
 
 class FolderSource:
-  """A folder written by `python -m input_pipeline.prepare`."""
+  """A folder written by `python -m input_pipeline.prepare`.
+
+  `attributes`: names from the manifest's 'attributes' (a folder prepared
+  with --labels) whose labels come with the images.
+  """
 
   def __init__(self, path: str, resolution: int, process_index: int,
-               process_count: int):
+               process_count: int, attributes: tuple[str, ...] = ()):
     path = os.path.expanduser(path)
     manifest = prepare.read_manifest(path)
     self.stored_resolution = manifest['resolution']
     self.resolution = resolution
+    self.available_attributes = tuple(manifest.get('attributes', ()))
+    self._label_columns = [self.available_attributes.index(name)
+                           for name in attributes]
     start, stop = even_range(manifest['written'], process_index, process_count)
     self.num_examples = stop - start
     # This process's records as (file, records to skip, records to take)
@@ -138,14 +150,21 @@ class FolderSource:
   def images(self, records: tf.data.Dataset,
              batch_size: int) -> tf.data.Dataset:
     stored, size = self.stored_resolution, self.resolution
+    spec = {'image': tf.io.FixedLenFeature([], tf.string)}
+    columns = self._label_columns
+    if columns:
+      spec['labels'] = tf.io.FixedLenFeature(
+          [len(self.available_attributes)], tf.int64)
 
     def decode(serialized):
-      features = tf.io.parse_example(
-          serialized, {'image': tf.io.FixedLenFeature([], tf.string)})
+      features = tf.io.parse_example(serialized, spec)
       pixels = tf.io.decode_raw(features['image'], tf.uint8)
       images = tf.reshape(pixels, [batch_size, stored, stored, 3])
       if stored != size:
         images = _to_uint8(tf.image.resize(images, [size, size], 'area'))
+      if columns:
+        return images, tf.cast(tf.gather(features['labels'], columns, axis=1),
+                               tf.int32)
       return images
 
     return records.batch(batch_size, drop_remainder=True).map(
@@ -187,11 +206,15 @@ def tfds_builder(name: str, data_dir: str, split: str, image_key: str):
 
 
 class TfdsSource:
-  """Any TFDS dataset with an image feature."""
+  """Any TFDS dataset with an image feature.
+
+  `attributes`: names of the boolean features under its 'attributes'
+  (celeb_a's 40) whose labels come with the images.
+  """
 
   def __init__(self, name: str, data_dir: str, split: str, image_key: str,
                crop: str, resolution: int, process_index: int,
-               process_count: int):
+               process_count: int, attributes: tuple[str, ...] = ()):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = tfds_builder(name, data_dir, split, image_key)
     local_split = tfds.split_for_jax_process(
@@ -200,12 +223,22 @@ class TfdsSource:
     examples = builder.as_dataset(
         split=local_split, shuffle_files=False,
         decoders={image_key: tfds.decode.SkipDecoding()})
-    self._encoded = examples.map(lambda example: example[image_key])
+    self.available_attributes = tfds_attributes(builder)
+    self._with_labels = bool(attributes)
+
+    def record(example):
+      if not attributes:
+        return example[image_key]
+      return example[image_key], tf.stack(
+          [tf.cast(example['attributes'][name], tf.int32)
+           for name in attributes])
+
+    self._encoded = examples.map(record)
     if builder.info.splits:
       self.num_examples = builder.info.splits[local_split].num_examples
     else:
       # No split metadata (tfds.testing.mock_data): count once.
-      self.num_examples = int(self._encoded.reduce(0, lambda n, _: n + 1))
+      self.num_examples = int(self._encoded.reduce(0, lambda n, *_: n + 1))
     self.crop, self.resolution = crop, resolution
 
   def records(self, seed: tf.Tensor) -> tf.data.Dataset:
@@ -217,11 +250,24 @@ class TfdsSource:
 
   def images(self, records: tf.data.Dataset,
              batch_size: int) -> tf.data.Dataset:
-    decode = functools.partial(decode_and_crop, crop=self.crop,
-                               resolution=self.resolution)
+    decode_image = functools.partial(decode_and_crop, crop=self.crop,
+                                     resolution=self.resolution)
+
+    def decode(encoded, labels=None):
+      images = decode_image(encoded)
+      return images if labels is None else (images, labels)
+
     return records.map(decode, num_parallel_calls=_AUTOTUNE,
                        deterministic=True).batch(batch_size,
                                                  drop_remainder=True)
+
+
+def tfds_attributes(builder) -> tuple[str, ...]:
+  """The names under a TFDS dataset's 'attributes' feature (celeb_a's 40)."""
+  features = builder.info.features
+  if 'attributes' not in features:
+    return ()
+  return tuple(features['attributes'].keys())
 
 
 def decode_and_crop(encoded: tf.Tensor, crop: str,

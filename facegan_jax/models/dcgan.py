@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facegan_jax import conditioning
 from facegan_jax.models import conv as conv_lib
 from facegan_jax.models import normalization
 from facegan_jax.models import upsample
@@ -118,8 +119,12 @@ class DCGANDiscriminator(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    """Scores images; `train` updates spectral-norm / batch-norm state."""
+  def __call__(self, x: Array, labels: Array | None = None, *,
+               train: bool) -> Array:
+    """Scores images; `train` updates spectral-norm / batch-norm state.
+
+    labels [B, A] (0/1) adds the projection head of a conditional critic.
+    """
     x = x.astype(self.dtype)
     for i, features in enumerate(
         discriminator_channels(self.resolution, self.width)):
@@ -137,6 +142,6 @@ class DCGANDiscriminator(nn.Module):
     layer = conv_lib.Conv(1, (4, 4), padding='VALID', impl=self.conv_impl,
                           dtype=self.dtype, kernel_init=_KERNEL_INIT,
                           name='score')
-    x = normalization.apply_layer(layer, x, self.spectral_norm, train,
-                                  name='score_sn')
-    return x.reshape(x.shape[0]).astype(jnp.float32)
+    scores = normalization.apply_layer(layer, x, self.spectral_norm, train,
+                                       name='score_sn')
+    return conditioning.with_projection(scores, x, labels, self.dtype)

@@ -122,8 +122,12 @@ def _compute_dtype(dtype: Any) -> Any:
 
 
 def create_generator(model_config: Any, resolution: int,
-                     dtype: Any = jnp.float32) -> nn.Module:
+                     dtype: Any = jnp.float32,
+                     num_attributes: int = 0) -> nn.Module:
   """The configured generator: z [B, latent_dim] -> images [B, R, R, 3].
+
+  A conditional generator (num_attributes = A > 0) takes z joined with the
+  signed labels, [B, latent_dim + A] (facegan_jax.conditioning).
 
   `module.apply(variables, z, train=...)` returns float32 images in [-1, 1].
   Variables: 'params', plus 'batch_stats' iff g_norm == 'batch' (train=True
@@ -139,7 +143,7 @@ def create_generator(model_config: Any, resolution: int,
   if model_config.generator == 'stylegan2':
     return stylegan2.StyleGAN2Generator(
         resolution=resolution, width=model_config.g_width,
-        latent_dim=model_config.latent_dim,
+        latent_dim=model_config.latent_dim, num_attributes=num_attributes,
         mapping_layers=model_config.mapping_layers,
         style_mixing_prob=model_config.style_mixing_prob,
         conv_impl=resolve_conv_impl(model_config.conv_impl),

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facegan_jax import conditioning
 from facegan_jax.models import conv as conv_lib
 from facegan_jax.models import dcgan
 from facegan_jax.models import downsample
@@ -156,8 +157,12 @@ class ResNetDiscriminator(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    """Scores images; `train` updates spectral-norm / batch-norm state."""
+  def __call__(self, x: Array, labels: Array | None = None, *,
+               train: bool) -> Array:
+    """Scores images; `train` updates spectral-norm / batch-norm state.
+
+    labels [B, A] (0/1) adds the projection head of a conditional critic.
+    """
     x = x.astype(self.dtype)
     layer = conv_lib.Conv(self.width, (3, 3), impl=self.conv_impl,
                           dtype=self.dtype, kernel_init=_GLOROT_INIT,
@@ -170,6 +175,7 @@ class ResNetDiscriminator(nn.Module):
                     self.dtype, name=f'down_{i}')(x, train=train)
     layer = nn.Dense(1, dtype=self.dtype, kernel_init=_GLOROT_INIT,
                      name='score')
-    x = normalization.apply_layer(layer, x.reshape(x.shape[0], -1),
-                                  self.spectral_norm, train, name='score_sn')
-    return x.reshape(x.shape[0]).astype(jnp.float32)
+    features = x.reshape(x.shape[0], -1)
+    scores = normalization.apply_layer(layer, features, self.spectral_norm,
+                                       train, name='score_sn')
+    return conditioning.with_projection(scores, features, labels, self.dtype)

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facegan_jax import conditioning
 from facegan_jax.models import conv as conv_lib
 from facegan_jax.models import normalization
 
@@ -32,8 +33,12 @@ class SmallCNNDiscriminator(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    """Scores images; `train` updates spectral-norm / batch-norm state."""
+  def __call__(self, x: Array, labels: Array | None = None, *,
+               train: bool) -> Array:
+    """Scores images; `train` updates spectral-norm / batch-norm state.
+
+    labels [B, A] (0/1) adds the projection head of a conditional critic.
+    """
     x = x.astype(self.dtype)
     for i, features in enumerate((self.width, 2 * self.width)):
       normalized = i > 0 and self.norm != 'none'
@@ -47,6 +52,7 @@ class SmallCNNDiscriminator(nn.Module):
                                     name=f'conv_{i}_norm')
       x = nn.leaky_relu(x, 0.2)
     layer = nn.Dense(1, dtype=self.dtype, name='score')
-    x = normalization.apply_layer(layer, x.reshape(x.shape[0], -1),
-                                  self.spectral_norm, train, name='score_sn')
-    return x.reshape(x.shape[0]).astype(jnp.float32)
+    features = x.reshape(x.shape[0], -1)
+    scores = normalization.apply_layer(layer, features, self.spectral_norm,
+                                       train, name='score_sn')
+    return conditioning.with_projection(scores, features, labels, self.dtype)

@@ -51,6 +51,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from facegan_jax import conditioning
 from facegan_jax.models import dcgan
 from facegan_jax.models import modulated_conv as mod
 
@@ -127,14 +128,26 @@ class MappingNetwork(nn.Module):
   lr_multiplier: float = 0.01
 
   @nn.compact
-  def __call__(self, z: Array) -> Array:
-    z = z.astype(jnp.float32)
-    x = z * jax.lax.rsqrt(jnp.mean(jnp.square(z), axis=-1, keepdims=True) +
-                          1e-8)
+  def __call__(self, z: Array, labels: Array | None = None) -> Array:
+    """z [B, Z] (and signed labels [B, A]) -> w [B, w_dim].
+
+    Labels are embedded and both parts normalized before they are joined
+    (as StyleGAN2-ADA conditions), so neither drowns the other.
+    """
+    x = _normalize_2nd_moment(z.astype(jnp.float32))
+    if labels is not None:
+      embedded = mod.EqualizedDense(self.w_dim, name='embed')(
+          labels.astype(jnp.float32))
+      x = jnp.concatenate([x, _normalize_2nd_moment(embedded)], axis=-1)
     for i in range(self.num_layers):
       x = lrelu(mod.EqualizedDense(self.w_dim, self.lr_multiplier,
                                    name=f'fc{i}')(x))
     return x
+
+
+def _normalize_2nd_moment(x: Array) -> Array:
+  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) +
+                           1e-8)
 
 
 def mix_styles(w: Array, w_mix: Array, crossover: Array,
@@ -250,6 +263,8 @@ class StyleGAN2Generator(nn.Module):
     resolution: R, a power of two in 32..256 (>= 8 works).
     width: channels at R; doubling per halving, capped at 8 * width.
     latent_dim: size of z.
+    num_attributes: A of a conditional generator, whose input is z joined
+      with signed labels, [B, latent_dim + A] (facegan_jax.conditioning).
     w_dim: size of w (None: latent_dim).
     mapping_layers: dense layers of the mapping network.
     mapping_lr_multiplier: their equalized-lr multiplier.
@@ -264,6 +279,7 @@ class StyleGAN2Generator(nn.Module):
   resolution: int = 64
   width: int = 64
   latent_dim: int = 128
+  num_attributes: int = 0
   w_dim: int | None = None
   mapping_layers: int = 8
   mapping_lr_multiplier: float = 0.01
@@ -303,10 +319,13 @@ class StyleGAN2Generator(nn.Module):
     mutable=['batch_stats']) and, with a 'style_mix' rng, mixes styles.
     truncation_psi != 1 pulls every w toward w_avg: w_avg + psi (w - w_avg).
     """
-    if z.ndim != 2 or z.shape[-1] != self.latent_dim:
-      raise ValueError(f'z has shape {z.shape}; expected [B, {self.latent_dim}]'
-                       ' (latent_dim).')
-    w = self.mapping(z)
+    width = self.latent_dim + self.num_attributes
+    if z.ndim != 2 or z.shape[-1] != width:
+      raise ValueError(f'z has shape {z.shape}; expected [B, {width}] '
+                       '(latent_dim + num_attributes).')
+    z, labels = z[:, :self.latent_dim], z[:, self.latent_dim:]
+    labels = labels if self.num_attributes else None
+    w = self.mapping(z, labels)
     if train and not self.is_initializing():
       batch_mean = jax.lax.stop_gradient(jnp.mean(w, axis=0))
       self.w_avg.value = batch_mean + self.w_avg_beta * (self.w_avg.value -
@@ -318,7 +337,7 @@ class StyleGAN2Generator(nn.Module):
           self.make_rng('style_mix'), 3)
       # Layers from the crossover on follow a second latent, so the network
       # cannot assume neighbouring layers share a style.
-      w_mix = self.mapping(jax.random.normal(z_key, z.shape, z.dtype))
+      w_mix = self.mapping(jax.random.normal(z_key, z.shape, z.dtype), labels)
       mixes = (jax.random.uniform(mix_key, (z.shape[0],)) <
                self.style_mixing_prob)
       crossover = jax.random.randint(crossover_key, (z.shape[0],), 1, layers)
@@ -416,8 +435,12 @@ class StyleGAN2Discriminator(nn.Module):
   mbstd_channels: int = 1
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    """Scores images; `train` is accepted for the common signature only."""
+  def __call__(self, x: Array, labels: Array | None = None, *,
+               train: bool) -> Array:
+    """Scores images; `train` is accepted for the common signature only.
+
+    labels [B, A] (0/1) adds the projection head of a conditional critic.
+    """
     del train  # No state: the critic is the same function in both modes.
     _check_resolution(self.resolution)
     layer_args = dict(impl=self.conv_impl, dtype=self.dtype)
@@ -433,7 +456,8 @@ class StyleGAN2Discriminator(nn.Module):
     x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_channels)
     x = lrelu(mod.EqualizedConv(sides[4], (3, 3), name='b4_conv',
                                 **layer_args)(x))
-    x = lrelu(mod.EqualizedDense(sides[4], dtype=self.dtype,
-                                 name='b4_fc')(x.reshape(x.shape[0], -1)))
-    x = mod.EqualizedDense(1, dtype=self.dtype, name='b4_out')(x)
-    return x.reshape(x.shape[0]).astype(jnp.float32)
+    features = lrelu(mod.EqualizedDense(sides[4], dtype=self.dtype,
+                                        name='b4_fc')(
+                                            x.reshape(x.shape[0], -1)))
+    scores = mod.EqualizedDense(1, dtype=self.dtype, name='b4_out')(features)
+    return conditioning.with_projection(scores, features, labels, self.dtype)
