@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--labels', default=None,
                       help='attribute labels file for prepare (a conditional '
                            'run: add --extra=--config.dataset.attributes=...)')
+  parser.add_argument('--reference_prepared', default=None,
+                      help='score against this prepared folder instead '
+                           '(evaluate --reference_prepared)')
   parser.add_argument('--workdir', required=True, help='the training run')
   parser.add_argument('--seed', type=int, default=0, help='config.seed')
   parser.add_argument('--minutes', type=float, default=None,
@@ -136,6 +139,8 @@ def score(args, step: int | None = None) -> tuple[list[str], dict]:
              '--metrics=fid,kid,pr']
   if step is not None:
     command.append(f'--step={step}')
+  if args.reference_prepared:
+    command.append(f'--reference_prepared={args.reference_prepared}')
   return command, json.loads(_run(command).strip().splitlines()[-1])
 
 

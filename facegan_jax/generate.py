@@ -29,6 +29,19 @@ image's attributes from its training data's label vectors, like evaluation;
 
   python -m facegan_jax.generate --workdir=W --out=smiling.png \
       --attributes=Smiling=1,Eyeglasses=1
+
+--edit moves latents along an attribute's direction in latent space (fitted
+by `python -m facegan_jax.attributes directions`, saved in the run):
+
+  # 16 faces, each 2.0 along the Smiling direction:
+  python -m facegan_jax.generate --workdir=W --num=16 --edit=Smiling:+2.0 \
+      --out=smiling.png
+  # Edit strips: per face 7 strengths from -3 to +3, one row per face (a
+  # .gif sweeps them instead); --latent takes a projected photo's latent:
+  python -m facegan_jax.generate --workdir=W --num=4 --edit=Smiling:3 \
+      --edit_steps=7 --out=strip.png
+  python -m facegan_jax.generate --workdir=W --latent=proj/latent.npy \
+      --edit=Smiling:3 --edit_steps=7 --out=me_smiling.gif
 """
 
 import json
@@ -44,6 +57,7 @@ import numpy as np
 from PIL import Image
 
 from facegan_jax import conditioning
+from facegan_jax import directions as directions_lib
 from facegan_jax import export
 from facegan_jax import latents as latents_lib
 from facegan_jax import monitoring
@@ -105,6 +119,17 @@ _ATTRIBUTES = flags.DEFINE_string(
     'attributes', None, 'Conditional runs: fix attributes, e.g. '
     '"Smiling=1,Eyeglasses=0"; the others are drawn from the training '
     "data's label vectors.")
+_EDIT = flags.DEFINE_string(
+    'edit', None, 'NAME:STRENGTH, e.g. "Smiling:+2.0": move every latent '
+    'STRENGTH along the direction of attribute NAME (the run\'s '
+    'directions.npz, from `python -m facegan_jax.attributes directions`).')
+_EDIT_STEPS = flags.DEFINE_integer(
+    'edit_steps', None, 'With --edit: an edit strip per face, this many '
+    'strengths evenly from -STRENGTH to +STRENGTH (--out .png: one row per '
+    'face; .gif or .webp: an animation sweeping them).')
+_LATENT = flags.DEFINE_string(
+    'latent', None, 'With --edit: edit these latents (.npy of [d] or [N, d], '
+    'e.g. the latent.npy of a --project folder) instead of --seed\'s.')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', 64, 'Images per generator call (does not change the '
     'images).')
@@ -229,12 +254,7 @@ def write_walk(generator: _Generator, frames_between: int, keyframes: int,
   segments = [frames[i:i + row + 1] for i in range(0, len(frames) - 1, row)]
   monitoring.save_png(
       monitoring.image_grid(np.concatenate(segments), cols=row + 1), strip)
-  pictures = [Image.fromarray(frame) for frame in frames]
-  partial = animation + '.partial'
-  pictures[0].save(partial, format=ANIMATION_FORMATS[
-      os.path.splitext(animation)[1].lower()], save_all=True,
-                   append_images=pictures[1:], duration=frame_ms, loop=0)
-  os.replace(partial, animation)
+  _save_animation(list(frames), animation, frame_ms)
 
 
 def write_projection(generator: _Generator, photo: np.ndarray, seed: int,
@@ -281,12 +301,89 @@ def write_projection(generator: _Generator, photo: np.ndarray, seed: int,
   return summary
 
 
+def parse_edit(spec: str) -> tuple[str, float]:
+  """'Smiling:+2.0' -> ('Smiling', 2.0); ValueError saying the form."""
+  name, _, strength = spec.rpartition(':')
+  try:
+    return name.strip(), float(strength)
+  except ValueError:
+    raise ValueError(f'--edit={spec!r} is not NAME:STRENGTH (e.g. '
+                     'Smiling:+2.0).') from None
+
+
+def load_direction(workdir: str, name: str) -> np.ndarray:
+  """The unit direction [d] of attribute `name` saved with the run."""
+  folder = workdir.rstrip('/')
+  if os.path.basename(folder) in ('best', 'checkpoints'):
+    folder = os.path.dirname(folder)
+  path = os.path.join(folder, 'directions.npz')
+  if not os.path.isfile(path):
+    raise ValueError(
+        f'{path} does not exist: fit the run\'s attribute directions first '
+        f'(python -m facegan_jax.attributes directions --workdir={folder} '
+        '--classifier=CLASSIFIER).')
+  with np.load(path) as saved:
+    names = [str(n) for n in saved['names']]
+    directions = saved['directions']
+  if name not in names or not np.any(directions[names.index(name)]):
+    fitted = [n for n, d in zip(names, directions) if np.any(d)]
+    raise ValueError(f'--edit: no direction for {name!r} in {path}; fitted: '
+                     f'{", ".join(fitted)}.')
+  return directions[names.index(name)]
+
+
+def _edit_latents(generator: _Generator, num: int, seed: int) -> np.ndarray:
+  """The latents --edit starts from: --latent's, or latents 0..num-1."""
+  if _LATENT.value:
+    z = np.load(_LATENT.value).astype(np.float32).reshape(
+        -1, generator.latent_dim)
+    return z
+  return np.asarray(latents_lib.latent_vectors(generator.mesh, seed, num,
+                                               generator.latent_dim))
+
+
+def write_edit(generator: _Generator, spec: str, steps: int | None,
+               num: int, seed: int, truncation: float, out: str,
+               frame_ms: int) -> dict:
+  """Edited faces (a grid), or edit strips (--edit_steps) as PNG or GIF."""
+  name, strength = parse_edit(spec)
+  direction = load_direction(_WORKDIR.value, name)
+  z = _edit_latents(generator, num, seed)
+  strengths = (np.linspace(-strength, strength, steps) if steps else
+               np.array([strength]))
+  # Face-major: face i's strengths are consecutive.
+  edited = np.concatenate([directions_lib.edit_latents(face, direction,
+                                                       strengths)
+                           for face in z])
+  images = generator.images(edited, truncation, seed)
+  extension = os.path.splitext(out)[1].lower()
+  if extension in ANIMATION_FORMATS:
+    per_face = images.reshape(len(z), len(strengths), *images.shape[1:])
+    frames = [monitoring.image_grid(per_face[:, k])
+              for k in range(len(strengths))]
+    _save_animation(frames + frames[-2:0:-1], out, frame_ms)  # There and back.
+  else:
+    monitoring.save_png(monitoring.image_grid(images, cols=len(strengths)),
+                        out)
+  return {'attribute': name, 'strengths': [float(s) for s in strengths],
+          'faces': len(z), 'out': os.path.abspath(out)}
+
+
+def _save_animation(frames: list[np.ndarray], out: str, frame_ms: int) -> None:
+  pictures = [Image.fromarray(frame) for frame in frames]
+  partial = out + '.partial'
+  pictures[0].save(partial, format=ANIMATION_FORMATS[
+      os.path.splitext(out)[1].lower()], save_all=True,
+                   append_images=pictures[1:], duration=frame_ms, loop=0)
+  os.replace(partial, out)
+
+
 def _mode() -> str:
   """The one mode the flags ask for; UsageError on a bad combination."""
   modes = [name for name, value in (
       ('out_dir', _OUT_DIR.value), ('interpolate', _INTERPOLATE.value),
-      ('project', _PROJECT.value), ('export', _EXPORT.value))
-           if value is not None]
+      ('project', _PROJECT.value), ('export', _EXPORT.value),
+      ('edit', _EDIT.value)) if value is not None]
   if len(modes) > 1:
     raise app.UsageError(f'--{" and --".join(modes)} cannot be combined; '
                          'pick one.')
@@ -294,8 +391,13 @@ def _mode() -> str:
   if mode in ('out_dir', 'export') and _OUT.value is not None:
     raise app.UsageError(f'--out is not used with --{mode} (the folder is '
                          f'--{mode}=DIR).')
-  if mode in ('grid', 'interpolate', 'project') and not _OUT.value:
+  if mode in ('grid', 'interpolate', 'project', 'edit') and not _OUT.value:
     raise app.UsageError('Pass --out (see --help).')
+  if mode != 'edit' and (_EDIT_STEPS.value is not None or _LATENT.value):
+    raise app.UsageError('--edit_steps and --latent go with --edit.')
+  if _LATENT.value and _NUM.value is not None:
+    raise app.UsageError('--num does not apply with --latent (its latents '
+                         'are the faces).')
   if mode in ('project', 'export') and (_TRUNCATION.value != 1 or
                                         _NUM.value is not None):
     raise app.UsageError(f'--truncation and --num do not apply to --{mode}.')
@@ -313,6 +415,19 @@ def _check_values(mode: str, num: int) -> None:
                      'with .png.')
   if mode == 'out_dir':
     _checked_empty(_OUT_DIR.value, _OVERWRITE.value, 'out_dir')
+  if mode == 'edit':
+    parse_edit(_EDIT.value)
+    extension = os.path.splitext(_OUT.value)[1].lower()
+    if extension != '.png' and extension not in ANIMATION_FORMATS:
+      raise ValueError(f'--out={_OUT.value}: end it with .png, .gif or '
+                       '.webp.')
+    if extension in ANIMATION_FORMATS and not _EDIT_STEPS.value:
+      raise ValueError('An animation needs --edit_steps (the strengths it '
+                       'sweeps).')
+    if _EDIT_STEPS.value is not None and _EDIT_STEPS.value < 2:
+      raise ValueError(f'--edit_steps={_EDIT_STEPS.value}: pass at least 2.')
+    if _LATENT.value and not os.path.isfile(_LATENT.value):
+      raise ValueError(f'--latent={_LATENT.value} is not a file.')
   if mode == 'interpolate':
     animation_paths(_OUT.value)
     if _INTERPOLATE.value < 1 or num < 2:
@@ -330,7 +445,7 @@ def _check_values(mode: str, num: int) -> None:
 
 def run(mode: str) -> dict | None:
   num = _NUM.value if _NUM.value is not None else (
-      4 if mode == 'interpolate' else 64)
+      4 if mode == 'interpolate' or _EDIT_STEPS.value else 64)
   _check_values(mode, num)
   generator = _Generator(_WORKDIR.value, _STEP.value, not _RAW.value,
                          _BATCH_SIZE.value)
@@ -345,6 +460,9 @@ def run(mode: str) -> dict | None:
     write_grid(generator, num, seed, psi, _OUT.value)
   elif mode == 'out_dir':
     write_folder(generator, num, seed, psi, _OUT_DIR.value)
+  elif mode == 'edit':
+    return write_edit(generator, _EDIT.value, _EDIT_STEPS.value, num, seed,
+                      psi, _OUT.value, _FRAME_MS.value)
   elif mode == 'interpolate':
     write_walk(generator, _INTERPOLATE.value, num, seed, psi, _OUT.value,
                _FRAME_MS.value)
@@ -378,7 +496,7 @@ def main(argv: list[str]) -> None:
     sys.exit(f'Error: {error}')
   destination = {'grid': _OUT.value, 'out_dir': _OUT_DIR.value,
                  'interpolate': _OUT.value, 'project': _OUT.value,
-                 'export': _EXPORT.value}[mode]
+                 'export': _EXPORT.value, 'edit': _OUT.value}[mode]
   print(f'Wrote {destination}', file=sys.stderr)
   if summary is not None:
     print(json.dumps(scoring.json_ready(summary)), flush=True)

@@ -216,6 +216,25 @@ def test_cli_scores_a_checkpoint_repeatably(run_dir, extractor, cache):
   assert len(list((cache / 'reference_stats').glob('*.npz'))) == 1
 
 
+def test_reference_prepared_replaces_the_runs_dataset(run_dir, extractor,
+                                                     tmp_path):
+  from tests.test_input_pipeline import make_folder  # pylint: disable=g-import-not-at-top
+  folder = make_folder(tmp_path, count=8, images_per_shard=4)
+  common = dict(step=1, num_samples=8, reference_images=8, batch_size=BATCH,
+                metrics='kid', extractor=extractor, progress=False,
+                cache_dir=str(tmp_path / 'cache'))
+  own = evaluate.evaluate_workdir(run_dir, **common)
+  other = evaluate.evaluate_workdir(run_dir, reference_prepared=folder,
+                                    **common)
+  assert own['dataset']['source'] == 'procedural'
+  assert other['dataset']['source'] == 'folder'
+  assert other['dataset']['path'] == folder
+  assert other['kid_mean'] != pytest.approx(own['kid_mean'], rel=1e-3)
+  with pytest.raises(ValueError, match='not a prepared dataset'):
+    evaluate.evaluate_workdir(run_dir, reference_prepared=str(tmp_path),
+                              **common)
+
+
 def test_missing_checkpoint_step_lists_the_available_ones(run_dir, tmp_path):
   with pytest.raises(ValueError, match='available steps: 1'):
     saved_run.restore_run(run_dir, step=99)

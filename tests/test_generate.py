@@ -18,15 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facegan_jax import checkpointing
 from facegan_jax import latents
 from facegan_jax import metrics
 from facegan_jax import monitoring
 from facegan_jax import partitioning
 from facegan_jax import projection
 from facegan_jax import scoring
-from facegan_jax import train
-from facegan_jax import train_step
+from tests.tiny import save_untrained_run
 from tests.tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,17 +51,8 @@ def run(tmp_path_factory):
   """(workdir, config, program, state): one checkpoint, at step 2."""
   workdir = tmp_path_factory.mktemp('run')
   # 128 latents: wide enough that XLA's rounding depends on the batch size.
-  config = tiny_config(**{'model.latent_dim': LATENT_DIM})
-  program = train_step.build_program(config, partitioning.create_mesh())
-  state = program.init(jax.random.PRNGKey(0))
-  ema = jax.device_get(state.ema_params)
-  ema['to_rgb']['kernel'] = ema['to_rgb']['kernel'] * 3000
-  state = state.replace(ema_params=jax.device_put(ema),
-                        step=jnp.asarray(STEP, state.step.dtype))
-  with checkpointing.Checkpointer(workdir / 'checkpoints') as checkpointer:
-    meta = train._run_metadata(config, STEP)  # pylint: disable=protected-access
-    checkpointer.save(state, meta, force=True)
-  return workdir, config, program, state
+  return save_untrained_run(
+      workdir, tiny_config(**{'model.latent_dim': LATENT_DIM}), STEP)
 
 
 def _expected(run, num, seed=0, use_ema=True):
@@ -180,6 +169,52 @@ def test_walk_starts_and_ends_on_the_keyframes_images(run, tmp_path):
     np.testing.assert_array_equal(cell(row, col), keyframes[key])
   for row, col in ((0, 1), (0, 2), (1, 1)):
     assert not any(np.array_equal(cell(row, col), k) for k in keyframes)
+
+
+# --- Attribute edits ----------------------------------------------------------
+
+
+def _cells(grid, rows, cols, side=32):
+  """The images of an image_grid (1-pixel gaps) as [rows, cols, H, W, 3]."""
+  return np.stack([[grid[1 + r * (side + 1):(r + 1) * (side + 1),
+                         1 + c * (side + 1):(c + 1) * (side + 1)]
+                    for c in range(cols)] for r in range(rows)])
+
+
+def test_edit_strips_move_latents_along_the_saved_direction(run, tmp_path):
+  workdir, config, program, state = run
+  direction = np.zeros((2, LATENT_DIM), np.float32)
+  direction[0, 0] = 1.0  # 'Smiling' along z_0; 'Male' skipped (zero row).
+  np.savez(workdir / 'directions.npz', directions=direction,
+           names=np.array(['Smiling', 'Male']))
+  strip = tmp_path / 'strip.png'
+  result = _cli(f'--workdir={workdir}', '--num=2', '--edit=Smiling:+3',
+                '--edit_steps=3', f'--out={strip}', '--batch_size=4')
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout)['strengths'] == [-3.0, 0.0, 3.0]
+  z = np.asarray(latents.latent_vectors(partitioning.create_mesh(), 0, 2,
+                                        LATENT_DIM))
+  offset, scale = scoring.pixel_normalization(config.dataset)
+  variables = state.generator_variables(True)
+  for column, strength in enumerate((-3.0, 0.0, 3.0)):
+    expected = scoring.to_uint8(program.sample(
+        *variables, z + strength * direction[0]), offset, scale)
+    np.testing.assert_array_equal(_cells(_png(strip), 2, 3)[:, column],
+                                  expected)
+  # An animation sweeps there and back; --latent edits a given latent.
+  np.save(tmp_path / 'latent.npy', z[1])
+  gif = tmp_path / 'strip.gif'
+  result = _cli(f'--workdir={workdir}', f'--latent={tmp_path / "latent.npy"}',
+                '--edit=Smiling:3', '--edit_steps=3', f'--out={gif}')
+  assert result.returncode == 0, result.stderr
+  with Image.open(gif) as animation:
+    assert animation.n_frames == 4 and animation.size == (34, 34)
+  missing = _cli(f'--workdir={workdir}', '--edit=Male:1',
+                 f'--out={tmp_path / "x.png"}')
+  assert missing.returncode != 0
+  assert "no direction for 'Male'" in missing.stderr
+  assert 'fitted: Smiling' in missing.stderr
+  assert not (tmp_path / 'x.png').exists()
 
 
 # --- Projection --------------------------------------------------------------

@@ -21,3 +21,34 @@ def tiny_config(**overrides):
   config.lock()  # A mistyped override fails instead of adding a key.
   config.update_from_flattened_dict(overrides)
   return config
+
+
+def save_untrained_run(workdir, config, step: int, label_boost: float = 1.0):
+  """(workdir, config, program, state): a fresh state saved as step `step`.
+
+  Its EMA generator's output layer is scaled up so that a DCGAN's images
+  vary visibly with z; `label_boost` scales the labels' rows of a
+  conditional DCGAN's first layer, so that they matter as much.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from facegan_jax import checkpointing
+  from facegan_jax import partitioning
+  from facegan_jax import train
+  from facegan_jax import train_step
+  # pylint: enable=g-import-not-at-top
+  program = train_step.build_program(config, partitioning.create_mesh())
+  state = program.init(jax.random.PRNGKey(0))
+  ema = jax.device_get(state.ema_params)
+  ema['to_rgb']['kernel'] = ema['to_rgb']['kernel'] * 3000
+  kernel = np.array(ema['project']['kernel'])
+  kernel[config.model.latent_dim:] *= label_boost
+  ema['project']['kernel'] = kernel
+  state = state.replace(ema_params=jax.device_put(ema),
+                        step=jnp.asarray(step, state.step.dtype))
+  with checkpointing.Checkpointer(workdir / 'checkpoints') as checkpointer:
+    meta = train._run_metadata(config, step)  # pylint: disable=protected-access
+    checkpointer.save(state, meta, force=True)
+  return workdir, config, program, state
