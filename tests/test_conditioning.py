@@ -20,6 +20,7 @@ from input_pipeline import prepare
 from input_pipeline import prepared_arrays
 from input_pipeline import procedural
 from tests.test_input_pipeline import dataset_config
+from tests.test_input_pipeline import write_tfds_dataset
 from tests.tiny import tiny_config
 
 NAMES = ('Even', 'Big', 'Third')
@@ -110,6 +111,26 @@ def test_batches_carry_the_labels_of_their_own_images(labelled):
   assert seen == 48
 
 
+def test_tfds_attributes_come_with_their_images(tmp_path):
+  faces = procedural.render_faces(range(12), 32)
+  truth = {'Even': np.arange(12) % 2 == 0, 'Big': np.arange(12) >= 6}
+  write_tfds_dataset(str(tmp_path), 'tiny_celeb', faces, truth)
+  config = dataset_config(source='tfds', name='tiny_celeb', crop='none',
+                          image_key='picture', data_dir=str(tmp_path),
+                          attributes='all')
+  assert set(input_pipeline.resolve_attributes(config)) == {'Even', 'Big'}
+  config.attributes = 'Big,Even'
+  np.testing.assert_array_equal(input_pipeline.all_labels(config),
+                                np.stack([truth['Big'], truth['Even']], 1))
+  by_image = {face.tobytes(): index for index, face in enumerate(faces)}
+  (batch,) = take_batches(input_pipeline.create_dataset(
+      config, local_batch_size=12, seed=0), 1)
+  for image, row in zip(batch['image'], batch['labels']):
+    index = by_image[np.round((image + 1) * 127.5).astype(np.uint8).tobytes()]
+    np.testing.assert_array_equal(row, [truth['Big'][index],
+                                        truth['Even'][index]])
+
+
 def test_stored_labels_follow_the_csv(labelled):
   assert prepared_arrays.attribute_names(labelled) == NAMES
   _, labels = prepared_arrays.read_prepared(labelled, with_images=False)
@@ -119,6 +140,12 @@ def test_stored_labels_follow_the_csv(labelled):
   config = dataset_config(source='folder', path=labelled, attributes='Big')
   np.testing.assert_array_equal(input_pipeline.all_labels(config),
                                 expected[:, [1]])
+
+
+def take_batches(dataset, count):
+  """The first `count` whole batches (images and labels) as numpy."""
+  iterator = dataset.as_numpy_iterator()
+  return [next(iterator) for _ in range(count)]
 
 
 # --- Models --------------------------------------------------------------------

@@ -218,21 +218,28 @@ def test_tfds_source_with_mock_data():
   assert len(set(image_keys([batch]))) == 6 and batch.std() > 0.02
 
 
-def write_tfds_dataset(data_dir, name, images):
+def write_tfds_dataset(data_dir, name, images, attributes=None):
   """Writes a real TFDS dataset (files + metadata) that tfds.builder finds.
 
   Written by hand rather than by a GeneratorBasedBuilder, whose
   download_and_prepare needs the optional importlib_resources package.
+  `attributes` ({name: bool [N]}) adds celeb_a's 'attributes' feature.
   """
-  features = tfds.features.FeaturesDict({
-      'picture': tfds.features.Image(shape=images.shape[1:]),
-      'id': tf.int64})
+  spec = {'picture': tfds.features.Image(shape=images.shape[1:]),
+          'id': tf.int64}
+  if attributes:
+    spec['attributes'] = {name: np.bool_ for name in attributes}
+  features = tfds.features.FeaturesDict(spec)
   path = os.path.join(data_dir, name, '1.0.0')
   os.makedirs(path)
   with tf.io.TFRecordWriter(
       os.path.join(path, f'{name}-train.tfrecord-00000-of-00001')) as writer:
     for index, image in enumerate(images):
-      writer.write(features.serialize_example({'picture': image, 'id': index}))
+      example = {'picture': image, 'id': index}
+      if attributes:
+        example['attributes'] = {name: bool(values[index])
+                                 for name, values in attributes.items()}
+      writer.write(features.serialize_example(example))
   tfds.folder_dataset.write_metadata(
       data_dir=path, features=features,
       split_infos=[tfds.core.SplitInfo(name='train',
