@@ -70,9 +70,7 @@ def main(argv=None) -> None:
   classifier, _ = attribute_classifier.load(args.classifier)
   run = attributes_tool._Run(  # pylint: disable=protected-access
       args.workdir, None, True, 64, classifier.resolution)
-  with np.load(os.path.join(args.workdir, 'directions.npz')) as saved:
-    names = [str(n) for n in saved['names']]
-    directions = saved['directions']
+  names, directions = directions_lib.load_saved(args.workdir)
   z = run.latents(args.num, args.seed)
   labels = (run.label_vectors(args.num, args.seed) if run.attributes else
             None)

@@ -42,7 +42,7 @@ from facegan_jax import monitoring
 from input_pipeline import prepared_arrays
 
 SUBCOMMANDS = ('train', 'directions', 'score')
-DIRECTIONS_NPZ = 'directions.npz'
+DIRECTIONS_NPZ = directions_lib.DIRECTIONS_FILE
 DIRECTIONS_JSON = 'directions.json'
 
 _DATA = flags.DEFINE_string(

@@ -23,11 +23,14 @@ numpy only.
 
 from collections.abc import Sequence
 import dataclasses
+import os
 
 import numpy as np
 
 # An attribute with fewer samples on either side is not fitted.
 MIN_PER_CLASS = 10
+# Where `python -m facegan_jax.attributes directions` saves a run's fit.
+DIRECTIONS_FILE = 'directions.npz'
 # Share of the samples held out to measure how well a plane separates.
 HELDOUT_FRACTION = 0.2
 
@@ -210,3 +213,25 @@ def condition(direction: np.ndarray, others: np.ndarray) -> np.ndarray:
     raise ValueError('The direction lies in the span of the others: nothing '
                      'is left after holding them fixed.')
   return (residual / norm).astype(np.float32)
+
+
+def load_saved(workdir: str) -> tuple[list[str], np.ndarray]:
+  """(names, unit directions [A, d]; zero rows: skipped) saved with a run.
+
+  Args:
+    workdir: the run's workdir (or its best/ or checkpoints/ folder).
+
+  Raises:
+    ValueError: none saved; says how to fit them.
+  """
+  folder = os.path.expanduser(workdir).rstrip('/')
+  if os.path.basename(folder) in ('best', 'checkpoints'):
+    folder = os.path.dirname(folder)
+  path = os.path.join(folder, DIRECTIONS_FILE)
+  if not os.path.isfile(path):
+    raise ValueError(
+        f'{path} does not exist: fit the run\'s attribute directions first '
+        f'(python -m facegan_jax.attributes directions --workdir={folder} '
+        '--classifier=CLASSIFIER).')
+  with np.load(path) as saved:
+    return [str(n) for n in saved['names']], saved['directions']

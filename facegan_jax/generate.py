@@ -313,22 +313,11 @@ def parse_edit(spec: str) -> tuple[str, float]:
 
 def load_direction(workdir: str, name: str) -> np.ndarray:
   """The unit direction [d] of attribute `name` saved with the run."""
-  folder = workdir.rstrip('/')
-  if os.path.basename(folder) in ('best', 'checkpoints'):
-    folder = os.path.dirname(folder)
-  path = os.path.join(folder, 'directions.npz')
-  if not os.path.isfile(path):
-    raise ValueError(
-        f'{path} does not exist: fit the run\'s attribute directions first '
-        f'(python -m facegan_jax.attributes directions --workdir={folder} '
-        '--classifier=CLASSIFIER).')
-  with np.load(path) as saved:
-    names = [str(n) for n in saved['names']]
-    directions = saved['directions']
+  names, directions = directions_lib.load_saved(workdir)
   if name not in names or not np.any(directions[names.index(name)]):
     fitted = [n for n, d in zip(names, directions) if np.any(d)]
-    raise ValueError(f'--edit: no direction for {name!r} in {path}; fitted: '
-                     f'{", ".join(fitted)}.')
+    raise ValueError(f'--edit: no direction for {name!r} in {workdir}; '
+                     f'fitted: {", ".join(fitted)}.')
   return directions[names.index(name)]
 
 
