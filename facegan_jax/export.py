@@ -9,12 +9,14 @@ writes into the (new or empty) folder:
   z float32 [N, latent_dim] -> images float32 [N, H, W, 3] in [-1, 1], with a
   symbolic batch size N and the weights baked in as constants. Loading it
   needs jax and numpy only:
-  `jax.export.deserialize(data).call(z)`.
+  `jax.export.deserialize(data).call(z)`. A conditional run's generator
+  also takes its attribute labels, float32 [N, A] of 0/1 in the order of
+  signature.json's `attributes`: `.call(z, labels)`.
 * `signature.json`: shapes, dtypes, latent distribution, output range,
-  platforms, jax version, the step and the run's config.
+  attributes, platforms, jax version, the step and the run's config.
 * `saved_model/` (optional, `saved_model=True`): a TensorFlow SavedModel
-  made by jax2tf with a `serving_default` signature z -> images; loading it
-  needs TensorFlow only.
+  made by jax2tf with a `serving_default` signature z (and labels) ->
+  images; loading it needs TensorFlow only.
 
 Files appear all at once: they are written into a hidden folder next to
 `out_dir` and renamed into place, so a failed export leaves `out_dir` as it
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from facegan_jax import conditioning
 from facegan_jax import scoring
 from facegan_jax import train_step as train_step_lib
 
@@ -50,6 +53,8 @@ BATCH_DIM = 'N'
 FORMAT = ('facegan-jax generator export: generator.stablehlo holds '
           'jax.export.Exported.serialize() bytes of images = f(z) with the '
           'weights baked in; load with jax.export.deserialize(bytes).call(z)')
+CONDITIONAL_FORMAT = FORMAT.replace('f(z)', 'f(z, labels)').replace(
+    'call(z)', 'call(z, labels)')
 
 
 class SavedModelError(RuntimeError):
@@ -91,8 +96,9 @@ def export_generator(config: ml_collections.ConfigDict,
   out_dir = os.path.abspath(out_dir)
   _check_out_dir(out_dir, overwrite)
   generate = _generator_fn(config, program, state, use_ema)
-  exported = _export(generate, config.model.latent_dim, platforms)
-  signature = _signature(config, exported, use_ema,
+  inputs = _input_specs(config.model.latent_dim, len(program.attributes))
+  exported = _export(generate, inputs, platforms)
+  signature = _signature(config, program.attributes, exported, use_ema,
                          int(state.step) if step is None else int(step))
 
   parent = os.path.dirname(out_dir)
@@ -108,7 +114,7 @@ def export_generator(config: ml_collections.ConfigDict,
       f.write(exported.serialize())
     if saved_model:
       signature['saved_model'] = _write_saved_model(
-          generate, config.model.latent_dim, exported.platforms,
+          generate, inputs, exported.platforms,
           os.path.join(staging, SAVED_MODEL_DIR))
     with open(os.path.join(staging, SIGNATURE_FILE), 'w') as f:
       json.dump(signature, f, indent=2, allow_nan=False)
@@ -134,7 +140,8 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
 
 def _generator_fn(config: ml_collections.ConfigDict,
                   program: train_step_lib.Program, state: Any, use_ema: bool):
-  """z [N, latent_dim] -> float32 images [N, H, W, 3] in [-1, 1].
+  """z [N, latent_dim] (and a conditional run's labels [N, A] of 0/1) ->
+  float32 images [N, H, W, 3] in [-1, 1].
 
   The weights are host numpy arrays closed over by the function, so they
   become constants of the exported program instead of inputs, and the
@@ -145,10 +152,11 @@ def _generator_fn(config: ml_collections.ConfigDict,
       'params': params}
   unit_range = _unit_range_fn(config.dataset)
 
-  def generate(z):
+  def generate(z, labels=None):
     # The whole batch in one pass (program.sample's fixed chunks make images
     # batch-independent bit for bit, but would serialize an accelerator).
-    images = program.generator.apply(variables, z, train=False)
+    images = program.generator.apply(
+        variables, conditioning.generator_input(z, labels), train=False)
     return unit_range(images.astype(jnp.float32))
   return generate
 
@@ -173,33 +181,44 @@ def _unit_range_fn(dataset_config: ml_collections.ConfigDict):
   return unit_range
 
 
-def _export(generate, latent_dim: int,
+def _input_specs(latent_dim: int, num_attributes: int) -> dict[str, int]:
+  """The exported function's inputs: name -> [N, size] (N symbolic)."""
+  specs = {'z': latent_dim}
+  if num_attributes:
+    specs['labels'] = num_attributes
+  return specs
+
+
+def _export(generate, inputs: dict[str, int],
             platforms: Sequence[str] | None) -> jax.export.Exported:
-  """`generate` exported for z float32 [N, latent_dim], N symbolic."""
+  """`generate` exported for float32 [N, size] `inputs`, N symbolic."""
   (batch,) = jax.export.symbolic_shape(BATCH_DIM)
-  z = jax.ShapeDtypeStruct((batch, latent_dim), jnp.float32)
+  args = [jax.ShapeDtypeStruct((batch, size), jnp.float32)
+          for size in inputs.values()]
   if platforms is not None:
-    return jax.export.export(jax.jit(generate), platforms=tuple(platforms))(z)
+    return jax.export.export(jax.jit(generate),
+                             platforms=tuple(platforms))(*args)
   try:
-    return jax.export.export(jax.jit(generate), platforms=DEFAULT_PLATFORMS)(z)
+    return jax.export.export(jax.jit(generate),
+                             platforms=DEFAULT_PLATFORMS)(*args)
   except Exception as error:  # pylint: disable=broad-except
     # A lowering rule missing for some platform should not cost the user the
     # export for the machine they are on.
     logging.warning('Exporting for %s failed (%s: %s); exporting for %s only.',
                     ', '.join(DEFAULT_PLATFORMS), type(error).__name__, error,
                     jax.default_backend())
-    return jax.export.export(jax.jit(generate))(z)
+    return jax.export.export(jax.jit(generate))(*args)
 
 
 def _signature(config: ml_collections.ConfigDict,
-               exported: jax.export.Exported, use_ema: bool,
-               step: int) -> dict[str, Any]:
+               attributes: Sequence[str], exported: jax.export.Exported,
+               use_ema: bool, step: int) -> dict[str, Any]:
   """The contents of signature.json: what a user needs to call the model."""
   latent_dim = config.model.latent_dim
   resolution = config.dataset.resolution
   (output,) = exported.out_avals
-  return {
-      'format': FORMAT,
+  signature = {
+      'format': CONDITIONAL_FORMAT if attributes else FORMAT,
       'file': STABLEHLO_FILE,
       'serialization_version': exported.calling_convention_version,
       'input': {'name': 'z', 'shape': [BATCH_DIM, latent_dim],
@@ -218,11 +237,18 @@ def _signature(config: ml_collections.ConfigDict,
       'step': step,
       'saved_model': None,
       'config': scoring.json_ready(config.to_dict()),
+      'attributes': list(attributes),  # [] for an unconditional run.
   }
+  if attributes:
+    signature['labels'] = {
+        'name': 'labels', 'shape': [BATCH_DIM, len(attributes)],
+        'dtype': 'float32',
+        'values': '1 (has the attribute) or 0, in the order of attributes'}
+  return signature
 
 
-def _write_saved_model(generate, latent_dim: int, platforms: Sequence[str],
-                       path: str) -> dict[str, Any]:
+def _write_saved_model(generate, inputs: dict[str, int],
+                       platforms: Sequence[str], path: str) -> dict[str, Any]:
   """A TensorFlow SavedModel of `generate` at `path`; returns its description.
 
   Raises:
@@ -239,14 +265,17 @@ def _write_saved_model(generate, latent_dim: int, platforms: Sequence[str],
         'or export without it and load generator.stablehlo with jax.'
     ) from error
   try:
-    converted = jax2tf.convert(generate, polymorphic_shapes=['(b, _)'],
+    converted = jax2tf.convert(generate,
+                               polymorphic_shapes=['(b, _)'] * len(inputs),
                                with_gradient=False,
                                native_serialization_platforms=tuple(platforms))
     module = tf.Module()
+    serve = ((lambda z, labels: {'images': converted(z, labels)})
+             if 'labels' in inputs else lambda z: {'images': converted(z)})
     module.generate = tf.function(
-        lambda z: {'images': converted(z)}, autograph=False,
-        input_signature=[tf.TensorSpec([None, latent_dim], tf.float32,
-                                       name='z')])
+        serve, autograph=False,
+        input_signature=[tf.TensorSpec([None, size], tf.float32, name=name)
+                         for name, size in inputs.items()])
     tf.saved_model.save(module, path, signatures={
         'serving_default': module.generate.get_concrete_function()})
   except Exception as error:  # pylint: disable=broad-except
@@ -256,7 +285,7 @@ def _write_saved_model(generate, latent_dim: int, platforms: Sequence[str],
         'Export without saved_model; generator.stablehlo needs only jax.'
     ) from error
   return {'path': SAVED_MODEL_DIR, 'signature': 'serving_default',
-          'input': 'z', 'output': 'images',
+          'input': ', '.join(inputs), 'output': 'images',
           'tensorflow_version': tf.__version__}
 
 

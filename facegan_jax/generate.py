@@ -30,6 +30,11 @@ image's attributes from its training data's label vectors, like evaluation;
   python -m facegan_jax.generate --workdir=W --out=smiling.png \
       --attributes=Smiling=1,Eyeglasses=1
 
+Every image of --interpolate, --project and --edit takes one label vector
+(drawn with --seed, then --attributes applied); a projection searches among
+faces with those attributes and records them in projection.json. An export
+of a conditional run takes the labels as a second input.
+
 --edit moves latents along an attribute's direction in latent space (fitted
 by `python -m facegan_jax.attributes directions`, saved in the run):
 
@@ -149,8 +154,6 @@ class _Generator:
     self.mesh = scoring.mesh_of(self.program)
     self.offset, self.scale = scoring.pixel_normalization(self.config.dataset)
     self.variables = self.state.generator_variables(use_ema)
-    self.render = projection.render_fn(self.config, self.program, self.state,
-                                       use_ema)
     self.label_bank = conditioning.label_bank_of(workdir,
                                                  self.program.attributes)
 
@@ -172,14 +175,24 @@ class _Generator:
             f'of the run\'s attributes: {", ".join(self.program.attributes)}.')
       self.label_bank[:, self.program.attributes.index(name)] = int(value)
 
+  def labels(self, seed: int) -> np.ndarray | None:
+    """A conditional run's one label vector [A] for `seed` (else None)."""
+    if self.label_bank is None:
+      return None
+    return conditioning.draw_labels(self.label_bank, seed, 1)[0]
+
+  def render(self, seed: int):
+    """projection.render_fn of the run, with `labels(seed)`."""
+    return projection.render_fn(self.config, self.program, self.state,
+                                self.use_ema, self.labels(seed))
+
   def images(self, z: np.ndarray, truncation: float,
              seed: int = 0) -> np.ndarray:
     """uint8 [N, H, W, 3] of latents [N, d], batch_size at a time (labels
     of a conditional run: one vector drawn with `seed`, for every image)."""
-    labels = None
-    if self.label_bank is not None:
-      labels = np.repeat(conditioning.draw_labels(self.label_bank, seed, 1),
-                         self.batch_size, axis=0)
+    labels = self.labels(seed)
+    if labels is not None:
+      labels = np.repeat(labels[None], self.batch_size, axis=0)
     batches = []
     for start in range(0, len(z), self.batch_size):
       batch = z[start:start + self.batch_size]
@@ -276,7 +289,7 @@ def write_projection(generator: _Generator, photo: np.ndarray, seed: int,
             file=sys.stderr, flush=True)
 
   result = projection.project(
-      generator.render, target, generator.latent_dim,
+      generator.render(seed), target, generator.latent_dim,
       jax.random.PRNGKey(seed), settings, params, progress)
   pixels = lambda x: np.asarray(inception.to_pixels(x[None])[0], np.uint8)
   reconstruction = pixels(result.image)
@@ -288,6 +301,12 @@ def write_projection(generator: _Generator, photo: np.ndarray, seed: int,
       'steps': settings.steps, 'snapshot_steps': list(result.snapshot_steps),
       'latent_norm': float(np.linalg.norm(result.latent)),
   }
+  labels = generator.labels(seed)
+  if labels is not None:
+    # The search's attributes: --edit/--latent with the same --seed (and
+    # --attributes) renders the latent with them again.
+    summary['attributes'] = dict(zip(generator.program.attributes,
+                                     labels.tolist()))
   os.makedirs(out, exist_ok=True)
   monitoring.save_png(photo, os.path.join(out, 'target.png'))
   monitoring.save_png(reconstruction, os.path.join(out, 'reconstruction.png'))
@@ -441,9 +460,6 @@ def run(mode: str) -> dict | None:
   print(f'Loaded {_WORKDIR.value} at step {generator.meta["step"]} '
         f'({"raw" if _RAW.value else "EMA"} generator).', file=sys.stderr)
   generator.fix_attributes(_ATTRIBUTES.value)
-  if generator.label_bank is not None and mode in ('project', 'export'):
-    raise ValueError(f'--{mode} does not support conditional runs yet (their '
-                     'generator also takes attribute labels).')
   seed, psi = _SEED.value, _TRUNCATION.value
   if mode == 'grid':
     write_grid(generator, num, seed, psi, _OUT.value)

@@ -109,13 +109,21 @@ def perceptual_distance(features_a: Sequence[jax.Array],
 
 def render_fn(config: ml_collections.ConfigDict,
               program: train_step_lib.Program, state: Any,
-              use_ema: bool = True) -> Callable[[jax.Array], jax.Array]:
-  """z [B, d] -> the run's images [B, H, W, 3] as float32 in [-1, 1]."""
+              use_ema: bool = True, labels: np.ndarray | None = None
+              ) -> Callable[[jax.Array], jax.Array]:
+  """z [B, d] -> the run's images [B, H, W, 3] as float32 in [-1, 1].
+
+  A conditional run's images all take `labels`, one 0/1 vector [A]: the
+  search then looks for the face among those with these attributes.
+  """
   offset, scale = scoring.pixel_normalization(config.dataset)
   variables = state.generator_variables(use_ema)
 
   def render(z):
-    images = program.sample(*variables, z).astype(jnp.float32)
+    batch_labels = None if labels is None else jnp.broadcast_to(
+        jnp.asarray(labels, jnp.float32), (z.shape[0], len(labels)))
+    images = program.sample(*variables, z,
+                            labels=batch_labels).astype(jnp.float32)
     return (images / scale + offset - 127.5) / 127.5  # Undo standardize.
   return render
 

@@ -6,6 +6,7 @@ Python processes that import only jax and numpy (or only TensorFlow), as a
 user of the files would.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -128,6 +129,7 @@ def test_signature_describes_the_export(run, ema_export):
   assert signature['output']['shape'] == ['N', 32, 32, 3]
   assert signature['output']['dtype'] == 'float32'
   assert signature['latent_distribution'] == 'standard normal'
+  assert signature['attributes'] == [] and 'labels' not in signature
   assert signature['platforms'] == ['cpu', 'cuda', 'tpu']
   assert signature['jax_version'] == jax.__version__
   assert signature['use_ema'] is True and signature['step'] == 0
@@ -219,3 +221,40 @@ def test_saved_model_without_tensorflow_says_what_to_do(run, tmp_path,
   with pytest.raises(export.SavedModelError, match='needs TensorFlow'):
     export.export_generator(*run, str(tmp_path / 'new'), saved_model=True)
   assert os.listdir(tmp_path) == []
+
+
+def test_a_conditional_generator_takes_its_labels_as_a_second_input(
+    tmp_path):
+  config = tiny_config(**{'dataset.attributes': 'Smiling,Male'})
+  program = train_step.build_program(config, partitioning.create_mesh())
+  state = program.init(jax.random.PRNGKey(0))
+  state = state.replace(
+      ema_params=jax.tree.map(lambda x: x * 3.0, state.ema_params))
+  with_tf = importlib.util.find_spec('tensorflow') is not None
+  out_dir = tmp_path / 'conditional'
+  signature = export.export_generator(config, program, state, str(out_dir),
+                                      saved_model=with_tf)
+  assert signature['attributes'] == ['Smiling', 'Male']
+  assert signature['labels'] == {
+      'name': 'labels', 'shape': ['N', 2], 'dtype': 'float32',
+      'values': '1 (has the attribute) or 0, in the order of attributes'}
+  assert 'call(z, labels)' in signature['format']
+  z = _latents(3)
+  labels = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+  expected = np.asarray(program.sample(*state.generator_variables(True), z,
+                                       labels=labels))
+  with open(out_dir / export.STABLEHLO_FILE, 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  np.testing.assert_allclose(np.asarray(exported.call(z, labels)), expected,
+                             atol=1e-5)
+  # The labels change the faces (they are not ignored inputs).
+  changed = np.asarray(exported.call(z, 1 - labels))
+  assert np.abs(changed - expected).max() > 1e-3
+  if with_tf:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    serve = tf.saved_model.load(str(out_dir / 'saved_model')).signatures[
+        'serving_default']
+    np.testing.assert_allclose(
+        serve(z=tf.constant(z), labels=tf.constant(labels))['images'].numpy(),
+        expected, atol=1e-5)
+    assert signature['saved_model']['input'] == 'z, labels'

@@ -24,6 +24,7 @@ from facegan_jax import monitoring
 from facegan_jax import partitioning
 from facegan_jax import projection
 from facegan_jax import scoring
+from tests.tiny import grid_cells
 from tests.tiny import save_untrained_run
 from tests.tiny import tiny_config
 
@@ -174,13 +175,6 @@ def test_walk_starts_and_ends_on_the_keyframes_images(run, tmp_path):
 # --- Attribute edits ----------------------------------------------------------
 
 
-def _cells(grid, rows, cols, side=32):
-  """The images of an image_grid (1-pixel gaps) as [rows, cols, H, W, 3]."""
-  return np.stack([[grid[1 + r * (side + 1):(r + 1) * (side + 1),
-                         1 + c * (side + 1):(c + 1) * (side + 1)]
-                    for c in range(cols)] for r in range(rows)])
-
-
 def test_edit_strips_move_latents_along_the_saved_direction(run, tmp_path):
   workdir, config, program, state = run
   direction = np.zeros((2, LATENT_DIM), np.float32)
@@ -199,7 +193,7 @@ def test_edit_strips_move_latents_along_the_saved_direction(run, tmp_path):
   for column, strength in enumerate((-3.0, 0.0, 3.0)):
     expected = scoring.to_uint8(program.sample(
         *variables, z + strength * direction[0]), offset, scale)
-    np.testing.assert_array_equal(_cells(_png(strip), 2, 3)[:, column],
+    np.testing.assert_array_equal(grid_cells(_png(strip), 2, 3)[:, column],
                                   expected)
   # An animation sweeps there and back; --latent edits a given latent.
   np.save(tmp_path / 'latent.npy', z[1])

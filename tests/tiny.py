@@ -52,3 +52,11 @@ def save_untrained_run(workdir, config, step: int, label_boost: float = 1.0):
     meta = train._run_metadata(config, step)  # pylint: disable=protected-access
     checkpointer.save(state, meta, force=True)
   return workdir, config, program, state
+
+
+def grid_cells(grid, rows, cols, side=32):
+  """The images of an image_grid (1-pixel gaps) as [rows, cols, H, W, 3]."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return np.stack([[grid[1 + r * (side + 1):(r + 1) * (side + 1),
+                         1 + c * (side + 1):(c + 1) * (side + 1)]
+                    for c in range(cols)] for r in range(rows)])
