@@ -13,7 +13,9 @@ the machine and the provenance of the scores. Issue 14's 32x32 setting:
 all 10,000 faces used for training; 5,000 EMA samples scored against the
 10,000 training images.) `--every_minutes=15` also scores the checkpoint
 nearest each 15-minute mark (one JSON line each, then the final line):
-FID against time. `--skip_training` scores an existing --workdir again.
+FID against time. `--skip_training` scores an existing --workdir. Scores
+are saved in the workdir (quality_scores.json) and reused, so a longer run
+can be scored coarse to fine (--every_minutes=60, then =15) or resumed.
 
 The budget is the recipe's `config.max_train_minutes`, counted from
 launching main.py; pass --minutes to override it. Training and scoring run
@@ -31,6 +33,7 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+SCORES_FILE = 'quality_scores.json'  # {"step:num_samples:reference": result}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,31 +130,46 @@ def train(args) -> tuple[list[str], float]:
   if args.every_minutes:
     command.append('--config.keep_checkpoints=1000')
   os.makedirs(args.workdir, exist_ok=True)
+  pathlib.Path(args.workdir, SCORES_FILE).unlink(missing_ok=True)  # Stale.
   start = time.time()
   pathlib.Path(args.workdir, 'quality_launch_time').write_text(str(start))
   _run(command, pathlib.Path(args.workdir) / 'quality_train.log')
   return command, (time.time() - start) / 60
 
 
-def score(args, step: int | None = None) -> tuple[list[str], dict]:
+def score(args, step: int) -> tuple[list[str], dict]:
+  """Scores checkpoint `step`, or returns its score saved in --workdir.
+
+  Scores are kept (SCORES_FILE) so that an interrupted or widened FID
+  against time, e.g. --every_minutes=60 first and =15 later, never scores
+  a checkpoint twice.
+  """
   command = [sys.executable, '-m', 'facegan_jax.evaluate',
              f'--workdir={args.workdir}', f'--num_samples={args.num_samples}',
-             '--metrics=fid,kid,pr']
-  if step is not None:
-    command.append(f'--step={step}')
+             '--metrics=fid,kid,pr', f'--step={step}']
   if args.reference_prepared:
     command.append(f'--reference_prepared={args.reference_prepared}')
-  return command, json.loads(_run(command).strip().splitlines()[-1])
+  key = f'{step}:{args.num_samples}:{args.reference_prepared or "training"}'
+  path = pathlib.Path(args.workdir, SCORES_FILE)
+  saved = json.loads(path.read_text()) if path.is_file() else {}
+  if key not in saved:
+    saved[key] = json.loads(_run(command).strip().splitlines()[-1])
+    path.write_text(json.dumps(saved, indent=1))
+  return command, saved[key]
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  return sorted(int(path.name) for path in
+                pathlib.Path(workdir, 'checkpoints').iterdir()
+                if path.name.isdigit())
 
 
 def checkpoints_by_minute(workdir: str) -> dict[int, float]:
   """{step: minutes after launch at which its checkpoint was written}."""
   launch = float(pathlib.Path(workdir, 'quality_launch_time').read_text())
-  found = {}
-  for path in pathlib.Path(workdir, 'checkpoints').iterdir():
-    if path.name.isdigit():
-      found[int(path.name)] = (path.stat().st_mtime - launch) / 60
-  return found
+  checkpoints = pathlib.Path(workdir, 'checkpoints')
+  return {step: (checkpoints.joinpath(str(step)).stat().st_mtime - launch) / 60
+          for step in checkpoint_steps(workdir)}
 
 
 def main(argv=None) -> None:
@@ -175,11 +193,8 @@ def main(argv=None) -> None:
 
   if args.every_minutes:
     marks = checkpoints_by_minute(args.workdir)
-    last = max(marks)  # The final line below scores it.
     chosen = {}
     for step, minute in sorted(marks.items()):
-      if step == last:
-        continue
       mark = round(minute / args.every_minutes) * args.every_minutes
       if mark and (mark not in chosen or abs(minute - mark) <
                    abs(marks[chosen[mark]] - mark)):
@@ -188,7 +203,11 @@ def main(argv=None) -> None:
       _, result = score(args, step)
       print(json.dumps(row(result, minutes=round(marks[step], 1),
                            time_mark=mark)), flush=True)
-  score_command, result = score(args)
+  last = checkpoint_steps(args.workdir)[-1]
+  score_command, result = score(args, last)
+  if train_minutes is None and pathlib.Path(args.workdir,
+                                            'quality_launch_time').is_file():
+    train_minutes = checkpoints_by_minute(args.workdir)[last]
   print(json.dumps(row(
       result, minutes=None if train_minutes is None else round(
           train_minutes, 1),

@@ -210,3 +210,36 @@ def test_peer_refuses_what_it_does_not_implement():
   config.loss.penalty = 'r1'
   with pytest.raises(ValueError, match='r1'):
     torch_reference.make_steps(config)
+
+
+def test_quality_scores_each_checkpoint_once(tmp_path, monkeypatch, capsys):
+  quality = _load_benchmark('quality')
+  workdir, prepared = tmp_path / 'run', tmp_path / 'prepared'
+  prepared.mkdir()
+  (prepared / 'manifest.json').write_text('{}')
+  launch = 1_000_000.0
+  (workdir / 'checkpoints').mkdir(parents=True)
+  (workdir / 'quality_launch_time').write_text(str(launch))
+  for step, minute in ((100, 14.0), (200, 31.0), (300, 44.0)):
+    (workdir / 'checkpoints' / str(step)).mkdir()
+    os.utime(workdir / 'checkpoints' / str(step),
+             (launch + 60 * minute,) * 2)
+  evaluated = []
+
+  def evaluate(command, log=None):  # Stands in for facegan_jax.evaluate.
+    step = int(command[-1].split('=')[1])
+    evaluated.append(step)
+    return json.dumps({'fid': step / 10, 'kid_mean': 0.1, 'precision': 0.5,
+                       'recall': 0.2, 'step': step}) + '\n'
+
+  monkeypatch.setattr(quality, '_run', evaluate)
+  args = [f'--prepared={prepared}', f'--workdir={workdir}', '--skip_training']
+  quality.main(args + ['--every_minutes=30'])
+  assert evaluated == [200, 300]
+  quality.main(args + ['--every_minutes=15'])  # Only 100 is new.
+  assert evaluated == [200, 300, 100]
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [(r['steps'], r['fid'], r.get('time_mark')) for r in rows[2:]] == [
+      (100, 10.0, 15.0), (200, 20.0, 30.0), (300, 30.0, 45.0),
+      (300, 30.0, None)]  # The last checkpoint takes its mark, scored once.
+  assert rows[-1]['minutes'] == 44.0

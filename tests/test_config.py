@@ -11,7 +11,7 @@ from configs import default
 from facegan_jax.config_validation import validate_config
 
 RECIPES = ('default', 'wgan_gp', 'dcgan', 'hinge_sn', 'lsgan', 'dragan',
-           'stylegan2', 'celeba32_cpu', 'celeba64')
+           'stylegan2', 'celeba32_cpu', 'celeba64', 'celeba64_cpu')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -55,6 +55,10 @@ def test_recipe_specifics():
   budget = _recipe('celeba32_cpu')  # Issue 14: 30 minutes at 32x32.
   assert budget.dataset.resolution == 32 and 0 < budget.max_train_minutes <= 30
   assert budget.optimizer.schedule == 'constant'  # Stoppable at any time.
+  long_budget = _recipe('celeba64_cpu')  # Issue 14: 2 hours at 64x64.
+  assert long_budget.dataset.resolution == 64
+  assert 0 < long_budget.max_train_minutes <= 120
+  assert long_budget.optimizer.schedule == 'constant'
   gpu = _recipe('celeba64')
   assert gpu.dataset.resolution == 64 and gpu.loss.path_length_weight > 0
   assert gpu.loss.penalty_weight == pytest.approx(0.0002 * 64 ** 2 / 64)
