@@ -243,3 +243,24 @@ def test_quality_scores_each_checkpoint_once(tmp_path, monkeypatch, capsys):
       (100, 10.0, 15.0), (200, 20.0, 30.0), (300, 30.0, 45.0),
       (300, 30.0, None)]  # The last checkpoint takes its mark, scored once.
   assert rows[-1]['minutes'] == 44.0
+
+
+def test_plot_quality_draws_each_scored_point(tmp_path):
+  plot_quality = _load_benchmark('plot_quality')
+  rows = [{'steps': 100, 'minutes': 15.2, 'fid': 80.0, 'time_mark': 15.0},
+          {'steps': 200, 'minutes': 29.1, 'fid': 40.0, 'time_mark': 30.0},
+          {'steps': 200, 'minutes': 29.1, 'fid': 40.0}]  # The final line.
+  (tmp_path / 'run.jsonl').write_text(
+      '\n'.join(json.dumps(row) for row in rows) + '\n')
+  assert plot_quality.read_series(tmp_path / 'run.jsonl') == [
+      (15.2, 80.0), (29.1, 40.0)]
+  out = tmp_path / 'fid.png'
+  plot_quality.main([f'--series=seed 0={tmp_path / "run.jsonl"}',
+                     f'--out={out}'])
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = Image.open(out).convert('RGB')
+  axes = plot_quality.Axes({'seed 0': [(15.2, 80.0), (29.1, 40.0)]})
+  for point in ((15.2, 80.0), (29.1, 40.0)):
+    x, y = axes(*point)
+    assert image.getpixel((round(x), round(y))) == plot_quality.COLOURS[0]
+  assert image.getpixel((round(x) + 20, round(y) + 20)) == (255, 255, 255)
