@@ -36,7 +36,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
   keys = dict(
       generator='dcgan', discriminator='dcgan', latent_dim=LATENT,
       g_width=2, d_width=2, g_norm='batch', d_norm='none',
-      spectral_norm=False, conv_impl='fast')
+      spectral_norm=False, d_minibatch_stddev=0, conv_impl='fast')
   return ml_collections.ConfigDict({**keys, **overrides})
 
 
@@ -283,6 +283,31 @@ def test_layer_norm_critic_scores_each_example_independently():
   np.testing.assert_allclose(scores_all[:1], scores_one, rtol=1e-5)
 
 
+def test_dcgan_minibatch_stddev_lets_a_score_see_its_group():
+  plain = models.create_discriminator(_config(), 32)
+  grouped = models.create_discriminator(_config(d_minibatch_stddev=2), 32)
+  x = _images(32, batch=4)
+  changed = x.at[1].set(-x[1])  # Sample 0's group partner only.
+
+  @_jit
+  def run(x, changed):
+    results = []
+    for discriminator in (plain, grouped):
+      variables = discriminator.init(jax.random.key(0), x, train=False)
+      results.append((discriminator.apply(variables, x, train=False),
+                      discriminator.apply(variables, changed, train=False),
+                      sum(a.size for a in jax.tree.leaves(variables))))
+    return results
+
+  (plain_x, plain_changed, plain_size), (x_scores, changed_scores, size) = run(
+      x, changed)
+  assert size == plain_size + 16  # The score's 4x4 kernel: one more input.
+  np.testing.assert_array_equal(np.asarray(plain_x)[[0, 2, 3]],
+                                np.asarray(plain_changed)[[0, 2, 3]])
+  assert abs(float(x_scores[0] - changed_scores[0])) > 1e-6
+  np.testing.assert_array_equal(x_scores[2:], changed_scores[2:])
+
+
 def test_bfloat16_models_return_float32_and_keep_float32_params():
   config = _config()
   g = models.create_generator(config, 32, dtype=jnp.bfloat16)
@@ -341,6 +366,9 @@ def test_conv_impl_auto_picks_fast_layers_only_on_cpu(monkeypatch, backend,
           style_mixing_prob=0.9), 64, r'model.mapping_layers=0'),
     (dict(generator='stylegan2', g_norm='none', mapping_layers=2,
           style_mixing_prob=1.5), 64, r'model.style_mixing_prob=1.5'),
+    (dict(d_minibatch_stddev=-1), 32, r'model.d_minibatch_stddev=-1 must be'),
+    (dict(discriminator='resnet', d_minibatch_stddev=4), 64,
+     r'd_minibatch_stddev is an option of the dcgan critic'),
 ])
 def test_validate_model_config_errors(overrides, resolution, message):
   config = _config(**overrides)

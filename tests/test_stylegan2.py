@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from facegan_jax.models import minibatch_stddev
 from facegan_jax.models import modulated_conv as mod
 from facegan_jax.models import stylegan2
 from facegan_jax.models import upsample
@@ -407,13 +408,13 @@ def test_minibatch_stddev():
   x = _normal(0, (8, 2, 3, 4))
   # Identical samples within each group of 4: zero spread.
   same = np.repeat(x[::4], 4, axis=0)
-  features = np.asarray(_jit(stylegan2.minibatch_stddev)(same))
+  features = np.asarray(_jit(minibatch_stddev.append)(same))
   assert features.shape == (8, 2, 3, 5)
   np.testing.assert_array_equal(features[..., :4], same)
   np.testing.assert_allclose(features[..., 4], 0.0, atol=2e-4)  # sqrt(1e-8).
   # Otherwise: std over each group of 2 consecutive samples, averaged over
   # pixels and each half of the channels.
-  features = _jit(functools.partial(stylegan2.minibatch_stddev, group_size=2,
+  features = _jit(functools.partial(minibatch_stddev.append, group_size=2,
                                     num_channels=2))(x)
   std = np.sqrt(x.reshape(4, 2, 2, 3, 2, 2).var(axis=1) + 1e-8)
   want = np.repeat(std.mean(axis=(1, 2, 4)), 2, axis=0)  # [B, 2]
@@ -421,8 +422,8 @@ def test_minibatch_stddev():
                              np.broadcast_to(want[:, None, None, :],
                                              (8, 2, 3, 2)), rtol=1e-5)
   with pytest.raises(ValueError, match='batch size divisible'):
-    stylegan2.minibatch_stddev(x[:6])
-  assert stylegan2.minibatch_stddev(x[:3], group_size=4).shape == (3, 2, 3, 5)
+    minibatch_stddev.append(x[:6])
+  assert minibatch_stddev.append(x[:3], group_size=4).shape == (3, 2, 3, 5)
 
 
 def test_skip_upsampling_is_bilinear():

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from facegan_jax import conditioning
 from facegan_jax.models import conv as conv_lib
+from facegan_jax.models import minibatch_stddev
 from facegan_jax.models import normalization
 from facegan_jax.models import upsample
 
@@ -108,6 +109,9 @@ class DCGANDiscriminator(nn.Module):
     norm: 'none', 'layer' or 'batch', applied after every conv but the
       first (as DCGAN does; the image-level block keeps its raw statistics).
     spectral_norm: spectral normalization of every conv.
+    minibatch_stddev_group: if > 0, the 4x4 features get the minibatch
+      standard deviation over groups of this many samples before the score
+      (see minibatch_stddev.py).
     conv_impl: 'fast' or 'xla' (see conv.Conv).
     dtype: compute dtype; parameters stay float32.
   """
@@ -115,6 +119,7 @@ class DCGANDiscriminator(nn.Module):
   width: int = 64
   norm: str = 'none'
   spectral_norm: bool = False
+  minibatch_stddev_group: int = 0
   conv_impl: str = 'fast'
   dtype: Any = jnp.float32
 
@@ -139,9 +144,12 @@ class DCGANDiscriminator(nn.Module):
         x = normalization.normalize(x, self.norm, train, self.dtype,
                                     name=f'down_{i}_norm')
       x = nn.leaky_relu(x, 0.2)
+    features = x
+    if self.minibatch_stddev_group:
+      x = minibatch_stddev.append(x, self.minibatch_stddev_group)
     layer = conv_lib.Conv(1, (4, 4), padding='VALID', impl=self.conv_impl,
                           dtype=self.dtype, kernel_init=_KERNEL_INIT,
                           name='score')
     scores = normalization.apply_layer(layer, x, self.spectral_norm, train,
                                        name='score_sn')
-    return conditioning.with_projection(scores, x, labels, self.dtype)
+    return conditioning.with_projection(scores, features, labels, self.dtype)

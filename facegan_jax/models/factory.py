@@ -62,6 +62,15 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
     value = getattr(model_config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f'model.{key}={value!r} must be a positive integer.')
+  group = model_config.d_minibatch_stddev
+  if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+    raise ValueError(f'model.d_minibatch_stddev={group!r} must be 0 (off) or '
+                     'the samples per group, e.g. 4.')
+  if group and model_config.discriminator != 'dcgan':
+    raise ValueError(
+        'model.d_minibatch_stddev is an option of the dcgan critic (the '
+        'stylegan2 critic always has the feature); set it to 0 with '
+        f'model.discriminator={model_config.discriminator!r}.')
   if (isinstance(resolution, bool) or
       not isinstance(resolution, numbers.Integral) or
       resolution not in RESOLUTIONS):
@@ -183,7 +192,9 @@ def create_discriminator(model_config: Any, resolution: int,
                 conv_impl=resolve_conv_impl(model_config.conv_impl),
                 dtype=_compute_dtype(dtype))
   if model_config.discriminator == 'dcgan':
-    return dcgan.DCGANDiscriminator(resolution=resolution, **kwargs)
+    return dcgan.DCGANDiscriminator(
+        resolution=resolution,
+        minibatch_stddev_group=model_config.d_minibatch_stddev, **kwargs)
   if model_config.discriminator == 'resnet':
     return resnet.ResNetDiscriminator(resolution=resolution, **kwargs)
   return small_cnn.SmallCNNDiscriminator(**kwargs)

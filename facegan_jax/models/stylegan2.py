@@ -53,6 +53,7 @@ import jax.numpy as jnp
 
 from facegan_jax import conditioning
 from facegan_jax.models import dcgan
+from facegan_jax.models import minibatch_stddev
 from facegan_jax.models import modulated_conv as mod
 
 Array = jax.Array
@@ -352,47 +353,6 @@ class StyleGAN2Generator(nn.Module):
     return self.synthesis(ws)
 
 
-def minibatch_stddev(x: Array, group_size: int = 4,
-                     num_channels: int = 1) -> Array:
-  """Appends the minibatch standard deviation as extra feature maps.
-
-  Samples are split into groups of G = min(group_size, B) consecutive
-  samples, channels into `num_channels` groups; each feature's standard
-  deviation over the group (sqrt(var + 1e-8)) is averaged over pixels and
-  the channel group, and broadcast over the group's samples and pixels.
-
-  Args:
-    x: [B, H, W, C]; B divisible by G and C by num_channels.
-    group_size: samples per group.
-    num_channels: features added.
-
-  Returns:
-    [B, H, W, C + num_channels], dtype of x.
-
-  Raises:
-    ValueError: if B is not divisible by G or C by num_channels.
-  """
-  b, h, w, c = x.shape
-  group = min(group_size, b)
-  if b % group:
-    raise ValueError(
-        f'The minibatch-stddev layer groups {group} samples, but the batch '
-        f'has {b}: use a batch size divisible by mbstd_group_size='
-        f'{group_size} (or a group size that divides the batch).')
-  if c % num_channels:
-    raise ValueError(f'mbstd_channels={num_channels} must divide the {c} '
-                     'channels at 4x4.')
-  y = x.astype(jnp.float32).reshape(b // group, group, h, w, num_channels,
-                                    c // num_channels)
-  variance = jnp.mean(jnp.square(y - jnp.mean(y, axis=1, keepdims=True)),
-                      axis=1)
-  stddev = jnp.mean(jnp.sqrt(variance + 1e-8), axis=(1, 2, 4))  # [B/G, F]
-  stddev = jnp.broadcast_to(stddev[:, None, None, None, :],
-                            (b // group, group, h, w, num_channels))
-  return jnp.concatenate(
-      [x, stddev.reshape(b, h, w, num_channels).astype(x.dtype)], axis=-1)
-
-
 class DiscriminatorBlock(nn.Module):
   """Residual block that halves resolution: [B, H, W, C] -> [B, H/2, W/2, F]."""
   features: int
@@ -453,7 +413,7 @@ class StyleGAN2Discriminator(nn.Module):
       x = DiscriminatorBlock(sides[side // 2], self.conv_impl, self.dtype,
                              name=f'b{side}')(x)
       side //= 2
-    x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_channels)
+    x = minibatch_stddev.append(x, self.mbstd_group_size, self.mbstd_channels)
     x = lrelu(mod.EqualizedConv(sides[4], (3, 3), name='b4_conv',
                                 **layer_args)(x))
     features = lrelu(mod.EqualizedDense(sides[4], dtype=self.dtype,
