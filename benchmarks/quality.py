@@ -36,6 +36,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SCORES_FILE = 'quality_scores.json'  # {"step:num_samples:reference": result}
 
 
+# The provenance each JSON line carries (scoring.evaluate_state's keys).
+PROVENANCE_KEYS = ('weights_sha256', 'weights_source', 'reference_sha256',
+                   'dataset_fingerprint', 'resize_method',
+                   'reference_resize_method', 'inception_input_size',
+                   'num_real', 'num_fake', 'sample_seed', 'use_ema')
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       description=__doc__.split('\n\n')[0],
@@ -178,10 +185,6 @@ def main(argv=None) -> None:
   train_command, train_minutes = None, None
   if not args.skip_training:
     train_command, train_minutes = train(args)
-  provenance_keys = ('weights_sha256', 'weights_source', 'reference_sha256',
-                     'dataset_fingerprint', 'resize_method',
-                     'reference_resize_method', 'inception_input_size',
-                     'num_real', 'num_fake', 'sample_seed', 'use_ema')
 
   def row(result: dict, **extra) -> dict:
     return {
@@ -189,7 +192,7 @@ def main(argv=None) -> None:
         'precision': result['precision'], 'recall': result['recall'],
         'steps': result['step'], **extra,
         'machine': machine(),
-        'provenance': {k: result.get(k) for k in provenance_keys}}
+        'provenance': {k: result.get(k) for k in PROVENANCE_KEYS}}
 
   if args.every_minutes:
     marks = checkpoints_by_minute(args.workdir)

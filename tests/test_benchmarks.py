@@ -12,9 +12,11 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import default
@@ -264,3 +266,41 @@ def test_plot_quality_draws_each_scored_point(tmp_path):
     x, y = axes(*point)
     assert image.getpixel((round(x), round(y))) == plot_quality.COLOURS[0]
   assert image.getpixel((round(x) + 20, round(y) + 20)) == (255, 255, 255)
+
+
+def test_quality_in_memory_scores_each_mark_on_the_training_clock(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  faces = tmp_path / 'faces'
+  faces.mkdir()
+  for i in range(12):
+    pixels = rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(faces / f'{i:02d}.png')
+  (faces / 'notes.txt').write_text('not an image')
+  out = tmp_path / 'out'
+  started = time.perf_counter()
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/quality_in_memory.py', *_TINY_ARGS,
+       f'--images={faces}', '--crop=center', '--minutes=0.4',
+       '--marks=0.01', '--num_samples=8', f'--out={out}'],
+      cwd=_ROOT, capture_output=True, text=True, timeout=600, check=False)
+  wall_s = time.perf_counter() - started
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in result.stdout.splitlines()
+          if line.startswith('{')]
+  assert rows == [json.loads(line) for line in
+                  (out / 'quality.jsonl').read_text().splitlines()]
+  first, last = rows
+  assert first['steps'] < last['steps']
+  assert 0.4 <= last['minutes'] < 0.6
+  # The clock stops while scoring: the run lasted its training minutes
+  # plus both scores (the first includes compiling the Inception network).
+  assert wall_s > 60 * last['minutes'] + first['score_seconds'] + (
+      last['score_seconds'])
+  for row in rows:
+    assert math.isfinite(row['fid']) and row['fid'] > 0
+    assert (row['provenance']['num_real'], row['provenance']['num_fake']) == (
+        12, 8)
+  assert math.isfinite(last['losses']['d_loss'])
+  grid = Image.open(out / 'samples_ema.png')
+  assert grid.size == (8 * 33 + 1, 8 * 33 + 1)
