@@ -224,8 +224,9 @@ def main(argv):
           seed=config.seed, command=command, machine=quality.machine(),
           devices=f'{jax.device_count()} x {jax.devices()[0].device_kind}',
           provenance={k: scores.get(k) for k in quality.PROVENANCE_KEYS})
-      print(json.dumps(scoring.json_ready(line)), flush=True)
-      results.write(json.dumps(scoring.json_ready(line)) + '\n')
+      text = json.dumps(scoring.json_ready(line))
+      print(text, flush=True)
+      results.write(text + '\n')
       results.flush()
 
   params, stats = state.generator_variables(True)
