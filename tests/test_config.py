@@ -57,6 +57,7 @@ def test_recipe_specifics():
   assert budget.optimizer.schedule == 'constant'  # Stoppable at any time.
   long_budget = _recipe('celeba64_cpu')  # Issue 14: 2 hours at 64x64.
   assert long_budget.dataset.resolution == 64
+  assert long_budget.batch_size == 64  # Its measured figures' batch.
   assert 0 < long_budget.max_train_minutes <= 120
   assert long_budget.optimizer.schedule == 'constant'
   gpu = _recipe('celeba64')
