@@ -7,7 +7,7 @@
 
 DCGAN-32 with the non-saturating loss and one critic update per generator
 update, in batches of 16. On this CPU the step's cost is about the same per
-image from batch 16 to 64 (~450 images/s in training), so small batches buy
+image from batch 16 to 64 (470-540 images/s in training), so small batches buy
 more updates for the same images: 56,000 updates in 29 minutes at batch
 16, 25,000 at 32, 12,400 at 64, and FID (README, "Sample quality") 16.0,
 16.7 and 19.0 (seed 0, AMD EPYC 2-core). On top of that: the EMA
