@@ -179,20 +179,22 @@ def checkpoints_by_minute(workdir: str) -> dict[int, float]:
           for step in checkpoint_steps(workdir)}
 
 
+def row(scores: dict, steps: int, **extra) -> dict:
+  """One table row: the scores, the step count, `extra`, machine, provenance."""
+  return {
+      'fid': scores['fid'], 'kid': scores['kid_mean'],
+      'precision': scores['precision'], 'recall': scores['recall'],
+      'steps': steps, **extra,
+      'machine': machine(),
+      'provenance': {k: scores.get(k) for k in PROVENANCE_KEYS}}
+
+
 def main(argv=None) -> None:
   args = _parser().parse_args(argv)
   prepare_command = prepare(args)
   train_command, train_minutes = None, None
   if not args.skip_training:
     train_command, train_minutes = train(args)
-
-  def row(result: dict, **extra) -> dict:
-    return {
-        'fid': result['fid'], 'kid': result['kid_mean'],
-        'precision': result['precision'], 'recall': result['recall'],
-        'steps': result['step'], **extra,
-        'machine': machine(),
-        'provenance': {k: result.get(k) for k in PROVENANCE_KEYS}}
 
   if args.every_minutes:
     marks = checkpoints_by_minute(args.workdir)
@@ -204,7 +206,7 @@ def main(argv=None) -> None:
         chosen[mark] = step
     for mark, step in sorted(chosen.items()):
       _, result = score(args, step)
-      print(json.dumps(row(result, minutes=round(marks[step], 1),
+      print(json.dumps(row(result, step, minutes=round(marks[step], 1),
                            time_mark=mark)), flush=True)
   last = checkpoint_steps(args.workdir)[-1]
   score_command, result = score(args, last)
@@ -212,7 +214,7 @@ def main(argv=None) -> None:
                                             'quality_launch_time').is_file():
     train_minutes = checkpoints_by_minute(args.workdir)[last]
   print(json.dumps(row(
-      result, minutes=None if train_minutes is None else round(
+      result, result['step'], minutes=None if train_minutes is None else round(
           train_minutes, 1),
       config=args.config, seed=args.seed,
       commands=[' '.join(c) for c in (prepare_command, train_command,

@@ -215,15 +215,12 @@ def main(argv):
         scores = scoring.evaluate_state(
             config, program, state, extractor, reference, FLAGS.num_samples,
             ('fid', 'kid', 'pr'), batch_size=eval_batch)
-      line = dict(
-          fid=scores['fid'], kid=scores['kid_mean'],
-          precision=scores['precision'], recall=scores['recall'],
-          steps=step, minutes=round(minutes, 2),
+      line = quality.row(
+          scores, step, minutes=round(minutes, 2),
           score_seconds=scores['eval_seconds'], losses=losses,
           config=config_flags.get_config_filename(FLAGS['config']),
-          seed=config.seed, command=command, machine=quality.machine(),
-          devices=f'{jax.device_count()} x {jax.devices()[0].device_kind}',
-          provenance={k: scores.get(k) for k in quality.PROVENANCE_KEYS})
+          seed=config.seed, command=command,
+          devices=f'{jax.device_count()} x {jax.devices()[0].device_kind}')
       text = json.dumps(scoring.json_ready(line))
       print(text, flush=True)
       results.write(text + '\n')
