@@ -154,8 +154,10 @@ def benchmark(config, repeats: int,
   seconds = interleaved_medians({**fns, **peers}, repeats)
   iteration_s = seconds['iteration_s']
   images_per_s = n_critic * batch / iteration_s
-  # XLA counts a lax.scan body once, whatever its trip count: add the phases.
-  flops = n_critic * _flops(critic) + _flops(generator_only)
+  # XLA counts a lax.scan body once, whatever its trip count: add the phases
+  # (the shared-fakes step has no scan and one generator forward fewer).
+  flops = (_flops(step) if config.share_fakes else
+           n_critic * _flops(critic) + _flops(generator_only))
   return {
       'backend': jax.default_backend(),
       'devices': mesh.devices.size,

@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
   config.ema_decay = 0.999  # EMA generator decay (warm-up min(decay, (1+t)/(10+t))); 0 = no averaging.
   config.n_critic = 5  # Critic updates per generator update, each on a fresh real batch.
+  config.share_fakes = False  # n_critic=1 only: the generator's update reuses the critic's fakes (one generator forward per step).
 
   # --- Data ---------------------------------------------------------------
   config.dataset = ml_collections.ConfigDict()

@@ -58,6 +58,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f'generator with a w space: set model.generator=\'stylegan2\' or '
            f'loss.path_length_weight=0 (model.generator is '
            f'{config.model.generator!r}).')
+  _require(not config.share_fakes or (config.n_critic == 1 and
+                                      not config.loss.path_length_weight),
+           f'share_fakes=True needs n_critic=1 and loss.path_length_weight=0 '
+           f'(got n_critic={config.n_critic}, loss.path_length_weight='
+           f'{config.loss.path_length_weight}): set --config.share_fakes=False '
+           f'or change those keys.')
   _require(0.0 <= config.loss.label_smoothing < 1.0,
            f'loss.label_smoothing must be in [0, 1), got '
            f'{config.loss.label_smoothing}.')

@@ -93,6 +93,7 @@ def test_argument_string():
     ('dataset.resolution', 512, '512'),
     ('loss.path_length_weight', 2.0, "generator='stylegan2'"),
     ('loss.path_length_every', 0, 'path_length_every must be an integer'),
+    ('share_fakes', True, 'share_fakes=True needs n_critic=1'),
 ])
 def test_bad_values_are_refused_with_the_key_and_choices(key, value, message):
   config = _recipe('wgan_gp')
