@@ -94,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.latent_dim = 128  # Size of the generator's input noise z.
   config.model.g_width = 64  # Channels of the generator's last (widest-resolution) block.
   config.model.d_width = 64  # Channels of the discriminator's first block.
+  config.model.g_full_resolution_block = False  # DCGAN generator: a hidden block at full resolution (g_width // 2 channels) and a 3x3 conv to RGB, as SNGAN's CNN.
   config.model.g_norm = 'batch'  # Generator normalization: 'batch' or 'none'.
   config.model.d_norm = 'none'  # Critic normalization: 'none', 'layer' or 'batch' (not with penalties).
   config.model.spectral_norm = False  # Spectral normalization of every critic layer.

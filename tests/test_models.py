@@ -36,7 +36,8 @@ def _config(**overrides) -> ml_collections.ConfigDict:
   keys = dict(
       generator='dcgan', discriminator='dcgan', latent_dim=LATENT,
       g_width=2, d_width=2, g_norm='batch', d_norm='none',
-      spectral_norm=False, d_minibatch_stddev=0, conv_impl='fast')
+      spectral_norm=False, d_minibatch_stddev=0, conv_impl='fast',
+      g_full_resolution_block=False)
   return ml_collections.ConfigDict({**keys, **overrides})
 
 
@@ -141,6 +142,24 @@ def test_dcgan64_matches_the_pytorch_reference_architecture():
   assert count(d_vars['params']) == 2_764_737
 
 
+def test_full_resolution_block_adds_a_hidden_block_at_full_resolution():
+  # SNGAN's CNN generator at 32x32: 4x4x256 -> 8x8x128 -> 16x16x64 ->
+  # 32x32x32 (transposed convs, batch norm, ReLU) -> 3x3 conv -> RGB.
+  g = models.create_generator(
+      _config(latent_dim=128, g_width=64, g_full_resolution_block=True), 32)
+  images, g_vars = jax.eval_shape(
+      functools.partial(g.init_with_output, train=False), jax.random.key(0),
+      jnp.zeros((1, 128)))
+  assert images.shape == (1, 32, 32, 3)
+  g_params = _shapes(g_vars['params'])
+  assert g_params['up_0'] == {'kernel': (4, 4, 256, 128)}
+  assert g_params['up_1'] == {'kernel': (4, 4, 128, 64)}
+  assert g_params['up_2'] == {'kernel': (4, 4, 64, 32)}
+  assert g_params['to_rgb'] == {'kernel': (3, 3, 32, 3), 'bias': (3,)}
+  assert _shapes(g_vars['batch_stats'])['up_2_norm'] == {'mean': (32,),
+                                                         'var': (32,)}
+
+
 def test_channel_cap_keeps_large_models_bounded():
   assert dcgan.generator_channels(64, 64) == [512, 256, 128, 64]
   assert dcgan.generator_channels(256, 64) == [512, 512, 512, 256, 128, 64]
@@ -148,15 +167,16 @@ def test_channel_cap_keeps_large_models_bounded():
       64, 128, 256, 512, 512, 512]
 
 
-@pytest.mark.parametrize('generator,discriminator,resolution', [
-    ('dcgan', 'dcgan', 32), ('resnet', 'resnet', 64),
-    ('dcgan', 'small_cnn', 32)])
+@pytest.mark.parametrize('generator,discriminator,resolution,full_block', [
+    ('dcgan', 'dcgan', 32, False), ('dcgan', 'dcgan', 32, True),
+    ('resnet', 'resnet', 64, False), ('dcgan', 'small_cnn', 32, False)])
 def test_fast_and_xla_models_compute_the_same_function(generator,
                                                        discriminator,
-                                                       resolution):
+                                                       resolution, full_block):
   """Same parameters, same outputs: checkpoints move between backends."""
   kwargs = dict(generator=generator, discriminator=discriminator,
-                g_width=3, d_width=3, d_norm='layer')
+                g_width=3, d_width=3, d_norm='layer',
+                g_full_resolution_block=full_block)
   fast = _config(conv_impl='fast', **kwargs)
   xla = _config(conv_impl='xla', **kwargs)
 
@@ -353,6 +373,10 @@ def test_conv_impl_auto_picks_fast_layers_only_on_cpu(monkeypatch, backend,
     (dict(d_width=-1), 64, r'model.d_width=-1'),
     (dict(latent_dim=2.5), 64, r'model.latent_dim=2.5'),
     (dict(spectral_norm='yes'), 64, r"model.spectral_norm='yes'"),
+    (dict(g_full_resolution_block=1), 64,
+     r'model.g_full_resolution_block=1 must be True or False'),
+    (dict(generator='resnet', g_full_resolution_block=True), 64,
+     r'g_full_resolution_block is an option of the dcgan generator'),
     ({}, 48, r'dataset.resolution=48 .*32, 64, 128, 256'),
     ({}, 512, r'dataset.resolution=512'),
     ({}, 16, r'dataset.resolution=16'),

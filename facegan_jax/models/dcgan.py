@@ -68,12 +68,17 @@ class DCGANGenerator(nn.Module):
     resolution: R, a power of two >= 8.
     width: channels of the last hidden block (at R/2).
     norm: 'batch' or 'none' (then every layer has a bias).
+    full_resolution_block: one more hidden block, at R x R with width // 2
+      channels, and the image from it by a 3x3 convolution (the CNN
+      generator of Miyato et al. 2018), instead of the last transposed
+      convolution making the image from R/2 x R/2 features directly.
     conv_impl: 'fast' or 'xla' (see upsample.ConvTranspose).
     dtype: compute dtype; parameters stay float32.
   """
   resolution: int = 64
   width: int = 64
   norm: str = 'batch'
+  full_resolution_block: bool = False
   conv_impl: str = 'fast'
   dtype: Any = jnp.float32
 
@@ -88,16 +93,26 @@ class DCGANGenerator(nn.Module):
     x = x.reshape(z.shape[0], 4, 4, channels[0])
     x = nn.relu(normalization.normalize(x, self.norm, train, self.dtype,
                                         name='project_norm'))
+    if self.full_resolution_block:
+      channels.append(max(self.width // 2, 1))
     for i, features in enumerate(channels[1:]):
       x = upsample.ConvTranspose(features, (4, 4), (2, 2), use_bias=use_bias,
                                  impl=self.conv_impl, dtype=self.dtype,
                                  kernel_init=_KERNEL_INIT, name=f'up_{i}')(x)
       x = nn.relu(normalization.normalize(x, self.norm, train, self.dtype,
                                           name=f'up_{i}_norm'))
-    x = upsample.ConvTranspose(3, (4, 4), (2, 2), impl=self.conv_impl,
-                               dtype=self.dtype, kernel_init=_KERNEL_INIT,
-                               name='to_rgb')(x)
-    return jnp.tanh(x.astype(jnp.float32))
+    if self.full_resolution_block:
+      # At stride 1 a 'SAME' transposed convolution is the 'SAME' 3x3
+      # convolution (kernel not flipped), and its GEMM + col2im form is the
+      # fast one for 3 output channels on XLA:CPU (im2col: 1.4x the step).
+      to_rgb = upsample.ConvTranspose(3, (3, 3), (1, 1), impl=self.conv_impl,
+                                      dtype=self.dtype,
+                                      kernel_init=_KERNEL_INIT, name='to_rgb')
+    else:
+      to_rgb = upsample.ConvTranspose(3, (4, 4), (2, 2), impl=self.conv_impl,
+                                      dtype=self.dtype,
+                                      kernel_init=_KERNEL_INIT, name='to_rgb')
+    return jnp.tanh(to_rgb(x).astype(jnp.float32))
 
 
 class DCGANDiscriminator(nn.Module):

@@ -55,9 +55,15 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
   _check_choice('model.g_norm', model_config.g_norm, G_NORMS)
   _check_choice('model.d_norm', model_config.d_norm, D_NORMS)
   _check_choice('model.conv_impl', model_config.conv_impl, CONV_IMPLS)
-  if not isinstance(model_config.spectral_norm, bool):
-    raise ValueError(f'model.spectral_norm={model_config.spectral_norm!r} '
-                     'must be True or False.')
+  for key in ('spectral_norm', 'g_full_resolution_block'):
+    if not isinstance(getattr(model_config, key), bool):
+      raise ValueError(f'model.{key}={getattr(model_config, key)!r} must be '
+                       'True or False.')
+  if (model_config.g_full_resolution_block and
+      model_config.generator != 'dcgan'):
+    raise ValueError(
+        'model.g_full_resolution_block is an option of the dcgan generator; '
+        f'set it to False with model.generator={model_config.generator!r}.')
   for key in ('latent_dim', 'g_width', 'd_width'):
     value = getattr(model_config, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -162,7 +168,8 @@ def create_generator(model_config: Any, resolution: int,
                 conv_impl=resolve_conv_impl(model_config.conv_impl),
                 dtype=_compute_dtype(dtype))
   if model_config.generator == 'dcgan':
-    return dcgan.DCGANGenerator(**kwargs)
+    return dcgan.DCGANGenerator(
+        full_resolution_block=model_config.g_full_resolution_block, **kwargs)
   return resnet.ResNetGenerator(**kwargs)
 
 
