@@ -27,8 +27,9 @@ from orbax.checkpoint import checkpoint_managers
 
 from facegan_jax.train_state import TrainState
 
-# Keys that only change how a run is watched or how long it runs: a resumed
-# run may change them freely. Any other difference is refused unless
+# Keys that only change how a run is watched, the statistics its EMA
+# generator samples with, or how long it runs: a resumed run may change them
+# freely. Any other difference is refused unless
 # allow_config_change is set.
 RESUME_SAFE_KEYS = frozenset({
     'num_train_steps', 'log_every', 'sample_every', 'num_samples',
@@ -36,6 +37,7 @@ RESUME_SAFE_KEYS = frozenset({
     'allow_config_change', 'init_from', 'profile_steps', 'eval_metrics',
     'eval_batch_size', 'eval_reference_images', 'eval_weights',
     'eval_cache_dir', 'nan_rollback_lr_scale', 'max_train_minutes',
+    'ema_standing_stats',
 })
 
 WEIGHT_FIELDS = ('g_params', 'd_params', 'ema_params', 'batch_stats',

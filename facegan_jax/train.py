@@ -29,6 +29,8 @@ from facegan_jax.config_validation import validate_config
 # The fixed latent vectors for sample grids come from this stream, apart from
 # the training randomness, so grids are comparable across runs and resumes.
 _SAMPLE_SEED_OFFSET = 1_000_003
+# Likewise for the latents of the standing statistics (ema_standing_stats).
+_STANDING_SEED_OFFSET = 2_000_003
 
 # Attributes the off/on grid of a conditional run shows (the first ones).
 _GRID_ATTRIBUTES = 10
@@ -243,6 +245,9 @@ class _Loop:
             (config.num_samples, config.model.latent_dim))),
         partitioning.replicated(mesh))
     self.sample_labels = None  # Labels of a conditional run's grids.
+    self.standing_key = jax.device_put(
+        jax.random.PRNGKey(config.seed + _STANDING_SEED_OFFSET),
+        partitioning.replicated(mesh))
     if program.attributes:
       self.sample_labels = jax.device_put(
           conditioning.draw_labels(input_pipeline.all_labels(config.dataset),
@@ -292,7 +297,7 @@ class _Loop:
             self.meter.start(step)
           # Asked once per step: a signal arriving later counts for the next.
           stop_now = stop.reached(step)
-          self._after_step(state, step, stop_now)
+          state = self._after_step(state, step, stop_now)
           if stop_now:
             reason = (f'The time budget (max_train_minutes='
                       f'{config.max_train_minutes:g}) is spent: stopped'
@@ -307,12 +312,20 @@ class _Loop:
     self.writer.flush()
     return state
 
-  def _after_step(self, state, step: int, stop_now: bool) -> None:
-    """Reports, samples, evaluates and saves as due at `step`."""
+  def _after_step(self, state, step: int, stop_now: bool):
+    """Reports, samples, evaluates and saves as due at `step`; returns the
+    state, with standing statistics if they were recomputed."""
     config = self.config
     last = step == config.num_train_steps
     log = step % config.log_every == 0 or last
     save = self.checkpointer.should_save(step) or last or stop_now
+    grids = step % config.sample_every == 0 or last or stop_now
+    evaluate = config.eval_every and (self.evaluator.due(step) or last)
+    if self.program.standing_stats is not None and (save or grids or evaluate):
+      # Whatever shows or keeps the EMA generator gets its own statistics;
+      # recomputed from scratch, so a resume changes none of them.
+      state = state.replace(ema_batch_stats=self.program.standing_stats(
+          state.ema_params, state.ema_batch_stats, self.standing_key))
     if log or save:
       # Metrics leave the device only here, and a non-finite state is never
       # written over a good checkpoint.
@@ -321,14 +334,15 @@ class _Loop:
         raise _non_finite_error(bad_step, means)
     if log:
       self._report(step, means)
-    if step % config.sample_every == 0 or last or stop_now:
+    if grids:
       self._write_sample_grids(state, step)
-    scores = self.evaluator(state, step, force=last) if config.eval_every else None
+    scores = self.evaluator(state, step, force=last) if evaluate else None
     if save:
       self.checkpointer.save(state, _run_metadata(config, step),
                              force=last or stop_now)
     if scores is not None:
       self._report_scores(state, step, scores)
+    return state
 
   def _report(self, step: int, means: dict[str, float]) -> None:
     """Writes the interval's mean metrics, speed and memory; resets the sums."""

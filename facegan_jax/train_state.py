@@ -25,7 +25,9 @@ class TrainState:
       empty dicts for models without any.
     ema_batch_stats: the generator's non-trainable state averaged with the
       same decay as ema_params, so the EMA generator normalizes with
-      statistics of the weights it runs with, not of the raw generator's.
+      statistics of the weights it runs with, not of the raw generator's;
+      with config.ema_standing_stats, replaced by the EMA generator's own
+      (`standing_stats`) before every grid, evaluation and checkpoint.
     rng: base PRNG key (raw uint32[2]); each step derives its own by
       fold_in(rng, step), so a resumed run draws the same numbers.
   """

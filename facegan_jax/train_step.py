@@ -28,6 +28,7 @@ from facegan_jax.diffaugment import diff_augment
 from facegan_jax import models
 from facegan_jax import optimizers
 from facegan_jax import partitioning
+from facegan_jax import standing_stats as standing_stats_lib
 from facegan_jax.train_state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -503,6 +504,9 @@ class Program:
     generator, discriminator: the modules.
     attributes: the attributes a conditional run is conditioned on (else
       empty).
+    standing_stats: with `config.ema_standing_stats`, (params, stats, key)
+      -> the generator's standing batch-norm statistics for `params`
+      (`standing_stats.make_standing_stats_fn`); else None.
   """
   init: Callable[[jax.Array], TrainState]
   step: Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]
@@ -512,6 +516,7 @@ class Program:
   generator: nn.Module
   discriminator: nn.Module
   attributes: tuple[str, ...] = ()
+  standing_stats: Callable[..., Any] | None = None
 
 
 def build_program(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
@@ -546,4 +551,9 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
       state_sharding=state_sharding,
       generator=generator,
       discriminator=discriminator,
-      attributes=conditioning.conditioned_attributes(config))
+      attributes=conditioning.conditioned_attributes(config),
+      standing_stats=jax.jit(
+          standing_stats_lib.make_standing_stats_fn(
+              generator, config.model.latent_dim, config.batch_size,
+              config.ema_standing_stats, mesh),
+          out_shardings=replicated) if config.ema_standing_stats else None)

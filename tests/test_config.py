@@ -94,6 +94,7 @@ def test_argument_string():
     ('loss.path_length_weight', 2.0, "generator='stylegan2'"),
     ('loss.path_length_every', 0, 'path_length_every must be an integer'),
     ('share_fakes', True, 'share_fakes=True needs n_critic=1'),
+    ('ema_standing_stats', -1, 'ema_standing_stats must be an integer >= 0'),
 ])
 def test_bad_values_are_refused_with_the_key_and_choices(key, value, message):
   config = _recipe('wgan_gp')
@@ -110,6 +111,18 @@ def test_batch_norm_critic_with_gradient_penalty_is_refused():
     validate_config(config)
   config.loss.penalty = 'none'
   validate_config(config)  # without a penalty a batch-norm critic is fine
+
+
+def test_standing_statistics_need_an_unconditional_batch_norm_generator():
+  config = _recipe('wgan_gp')
+  config.ema_standing_stats = 8
+  validate_config(config)  # DCGAN, batch norm, unconditional: fine.
+  for key, value in (('g_norm', 'none'), ('attributes', 'Smiling')):
+    changed = _recipe('wgan_gp')
+    changed.ema_standing_stats = 8
+    (changed.dataset if key == 'attributes' else changed.model)[key] = value
+    with pytest.raises(ValueError, match='set --config.ema_standing_stats=0'):
+      validate_config(changed)
 
 
 def _run_main(*args):

@@ -16,7 +16,7 @@ D_NORMS = ('none', 'layer', 'batch')
 
 # PyTorch BatchNorm2d defaults (running-average momentum 0.1, eps 1e-5), so
 # the DCGAN-64 models match the reference implementation.
-_BATCH_NORM_MOMENTUM = 0.9
+BATCH_NORM_MOMENTUM = 0.9
 _EPSILON = 1e-5
 
 
@@ -43,7 +43,7 @@ def normalize(x: Array, kind: str, train: bool, dtype: Any,
     return x
   if kind == 'batch':
     return nn.BatchNorm(use_running_average=not train,
-                        momentum=_BATCH_NORM_MOMENTUM, epsilon=_EPSILON,
+                        momentum=BATCH_NORM_MOMENTUM, epsilon=_EPSILON,
                         dtype=dtype, name=name)(x)
   if kind == 'layer':
     return nn.LayerNorm(reduction_axes=tuple(range(1, x.ndim)),

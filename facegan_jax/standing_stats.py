@@ -1,0 +1,56 @@
+"""Standing batch-norm statistics for the EMA generator (BigGAN's).
+
+In inference mode a batch-norm generator normalizes with stored statistics.
+The EMA generator's weights are an average over thousands of updates; the
+statistics averaged beside them (`TrainState.ema_batch_stats`) describe the
+raw generators along the way, not these weights. Standing statistics are
+the EMA generator's own: the mean, over many batches of fresh latents at
+the training batch size, of each layer's batch mean and variance, i.e. the
+normalization its layers met in training (Brock et al. 2019, "Large Scale
+GAN Training", appendix C).
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from facegan_jax import partitioning
+from facegan_jax.models import normalization
+
+PyTree = Any
+
+
+def make_standing_stats_fn(generator: nn.Module, latent_dim: int,
+                           batch_size: int, num_batches: int,
+                           mesh: Mesh | None = None
+                           ) -> Callable[[PyTree, PyTree, jax.Array], PyTree]:
+  """`standing(params, stats, key) -> stats`, not yet jitted.
+
+  `stats` gives the structure only: the result does not depend on its
+  values, so it is the same whenever and however often it is recomputed.
+  Each batch is `batch_size` latents (split over the mesh's data axis, whose
+  batch norm reduces over the whole batch, as in a training step).
+  """
+  # From zero, a batch-norm layer's running-average update is
+  # (1 - momentum) * the batch's statistic.
+  scale = 1.0 / (1.0 - normalization.BATCH_NORM_MOMENTUM)
+
+  def batch_statistics(params, zeros, key):
+    z = jax.random.normal(key, (batch_size, latent_dim))
+    if mesh is not None:
+      z = jax.lax.with_sharding_constraint(z,
+                                           partitioning.batch_sharding(mesh))
+    _, updates = generator.apply({'params': params, 'batch_stats': zeros}, z,
+                                 train=True, mutable=['batch_stats'])
+    return jax.tree_util.tree_map(lambda u: u * scale, updates['batch_stats'])
+
+  def standing(params, stats, key):
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, stats)
+    per_batch = jax.lax.map(lambda k: batch_statistics(params, zeros, k),
+                            jax.random.split(key, num_batches))
+    return jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), per_batch)
+
+  return standing
