@@ -113,6 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.loss.label_smoothing = 0.0  # One-sided: real targets become 1 - label_smoothing.
   config.loss.path_length_weight = 0.0  # StyleGAN2 generator path length regularization (paper: 2); 0 = off. Needs model.generator='stylegan2'.
   config.loss.path_length_every = 4  # Lazy: path length regularization on every k-th generator update only, weighted k times.
+  config.loss.top_k = 1.0  # Top-k generator updates (Sinha et al. 2020): its loss averages over the fakes the critic scores most real, a fraction of the batch that halves every top_k_half_life updates down to this floor; 1 = off.
+  config.loss.top_k_half_life = 10_000  # Generator updates over which the top-k fraction halves (until it reaches loss.top_k).
   config.loss.drift_weight = 0.0  # Epsilon-drift term eps * E[D(real)^2] (Progressive GAN); 0 = off.
 
   # --- Optimizers ---------------------------------------------------------

@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
+from configs import default as default_config
 from facegan_jax.train_state import TrainState
 
 # Keys that only change how a run is watched, the statistics its EMA
@@ -84,7 +85,11 @@ def check_resume_config(saved_config: dict[str, Any],
   if config.optimizer.schedule == 'cosine':
     # The cosine schedule is stretched over num_train_steps.
     ignore = ignore - {'num_train_steps'}
-  differences = config_differences(saved_config, config.to_dict(), ignore)
+  # A key added to configs/default.py since the checkpoint was written did
+  # not exist then: the run had its default behaviour (new keys default off).
+  saved = default_config.base_config()
+  saved.update(saved_config)
+  differences = config_differences(saved.to_dict(), config.to_dict(), ignore)
   if differences and not config.allow_config_change:
     raise ResumeConfigError(
         'The config differs from the one this checkpoint was trained with:\n  '

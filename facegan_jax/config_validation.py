@@ -74,6 +74,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f'(got n_critic={config.n_critic}, loss.path_length_weight='
            f'{config.loss.path_length_weight}): set --config.share_fakes=False '
            f'or change those keys.')
+  _require(0.0 < config.loss.top_k <= 1.0,
+           f'loss.top_k is the smallest fraction of the batch the generator '
+           f'learns from, in (0, 1] (1 = off), got {config.loss.top_k}.')
+  _require(config.loss.top_k_half_life > 0,
+           f'loss.top_k_half_life must be > 0 generator updates, got '
+           f'{config.loss.top_k_half_life}.')
   _require(0.0 <= config.loss.label_smoothing < 1.0,
            f'loss.label_smoothing must be in [0, 1), got '
            f'{config.loss.label_smoothing}.')

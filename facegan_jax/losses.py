@@ -63,19 +63,44 @@ def generator_loss(name: str, fake_scores: jax.Array,
   `real_scores` [B] (critic outputs on real images, paired with the fakes
   one to one) are needed by the PAIRED_LOSSES only.
   """
+  return generator_losses(name, fake_scores, real_scores).mean()
+
+
+def generator_losses(name: str, fake_scores: jax.Array,
+                     real_scores: jax.Array | None = None) -> jax.Array:
+  """generator_loss for each of the B fakes: [B]."""
   if name == 'minimax':
     # Minimizes log(1 - D(G(z))) = -softplus(logit): the original, saturating game.
-    return -jax.nn.softplus(fake_scores).mean()
+    return -jax.nn.softplus(fake_scores)
   if name == 'non_saturating':
-    return _sigmoid_cross_entropy(fake_scores, 1.0).mean()
+    return _sigmoid_cross_entropy(fake_scores, 1.0)
   if name in ('wasserstein', 'hinge'):
-    return -fake_scores.mean()
+    return -fake_scores
   if name == 'least_squares':
-    return 0.5 * jnp.square(fake_scores - 1.0).mean()
+    return 0.5 * jnp.square(fake_scores - 1.0)
   if name == 'relativistic':
     # RpGAN (Huang et al. 2024, R3GAN): each fake against its paired real.
-    return jax.nn.softplus(real_scores - fake_scores).mean()
+    return jax.nn.softplus(real_scores - fake_scores)
   raise ValueError(f'Unknown loss.name {name!r}; valid: {", ".join(LOSSES)}')
+
+
+def top_k_count(batch: int, step: jax.Array, min_fraction: float,
+                half_life: float) -> jax.Array:
+  """How many of `batch` fakes a top-k generator update keeps at `step`.
+
+  Sinha et al. 2020 anneal k from the whole batch to a floor; here the kept
+  fraction halves every `half_life` updates, a function of the step alone so
+  resumed runs keep the same schedule.
+  """
+  fraction = jnp.maximum(0.5 ** (step / half_life), min_fraction)
+  return jnp.clip(jnp.ceil(fraction * batch), 1, batch).astype(jnp.int32)
+
+
+def top_k_mean(values: jax.Array, scores: jax.Array, k: jax.Array) -> jax.Array:
+  """Mean of `values` [B] over the k examples with the highest `scores` [B]."""
+  rank = jnp.argsort(jnp.argsort(-scores))  # 0 for the most real-looking.
+  kept = rank < k
+  return jnp.where(kept, values, 0.0).sum() / k
 
 
 def input_gradients(critic_fn: CriticFn, images: jax.Array) -> jax.Array:

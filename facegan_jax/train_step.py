@@ -283,7 +283,15 @@ class GanUpdate:
     """The generator's adversarial loss on `fake` under the state's critic."""
     scores, _ = self.critic(state.d_params, state.batch_stats['discriminator'],
                             self.augment(fake, aug_rng), True, labels)
-    return losses.generator_loss(self.config.loss.name, scores, real_scores)
+    per_fake = losses.generator_losses(self.config.loss.name, scores,
+                                       real_scores)
+    if self.config.loss.top_k == 1.0:
+      return per_fake.mean()
+    k = losses.top_k_count(scores.shape[0], state.step, self.config.loss.top_k,
+                           self.config.loss.top_k_half_life)
+    # Gradients from the fakes the critic finds least real point away from
+    # the nearest mode (Sinha et al. 2020): learn from the best k only.
+    return losses.top_k_mean(per_fake, jax.lax.stop_gradient(scores), k)
 
   def apply_generator_update(self, state, g_grads, g_stats, metrics):
     """The generator's optimizer step, the EMA, step + 1."""

@@ -84,6 +84,27 @@ def test_relativistic_pairs_each_fake_with_a_real():
                         losses.critic_loss('relativistic', REAL, FAKE))
 
 
+def test_top_k_keeps_a_fraction_that_halves_every_half_life_to_a_floor():
+  counts = [int(losses.top_k_count(16, jnp.asarray(step), 0.25, 100.0))
+            for step in (0, 50, 100, 200, 10_000)]
+  assert counts == [16, 12, 8, 4, 4]  # ceil(16 * 2^-0.5) = 12
+  assert int(losses.top_k_count(16, jnp.asarray(10_000), 0.5, 100.0)) == 8
+  assert int(losses.top_k_count(4, jnp.asarray(10_000), 0.01, 1.0)) == 1
+
+
+def test_top_k_mean_averages_the_losses_of_the_highest_scored_fakes():
+  values = jnp.array([1.0, 2.0, 4.0, 8.0, 16.0])
+  scores = jnp.array([0.3, -2.0, 5.0, 0.1, -1.0])
+  np.testing.assert_allclose(losses.top_k_mean(values, scores, 2), 2.5)
+  np.testing.assert_allclose(losses.top_k_mean(values, scores, 3), 13 / 3)
+  np.testing.assert_allclose(losses.top_k_mean(values, scores, 5),
+                             values.mean())
+  # Per-fake losses average to the batch loss.
+  np.testing.assert_allclose(
+      losses.generator_losses('non_saturating', FAKE).mean(),
+      losses.generator_loss('non_saturating', FAKE), rtol=1e-6)
+
+
 def test_unknown_names_are_refused_with_choices():
   with pytest.raises(ValueError, match='hinge'):
     losses.critic_loss('wgan', REAL, FAKE)

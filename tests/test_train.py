@@ -138,6 +138,25 @@ def test_resume_with_changed_learning_rate_is_refused(tmp_path):
   assert int(train.train_and_evaluate(changed, workdir).step) == 4
 
 
+def test_resume_of_a_checkpoint_saved_before_a_config_key_existed(tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_config(num_train_steps=2), workdir)
+  # As an older version wrote it: without keys added to the defaults since.
+  meta_file = os.path.join(workdir, 'checkpoints', '2', 'meta', 'metadata')
+  with open(meta_file) as f:
+    meta = json.load(f)
+  loss = meta['config']['loss']
+  del loss['top_k'], loss['top_k_half_life']
+  with open(meta_file, 'w') as f:
+    json.dump(meta, f)
+  # The run had the new keys' defaults: another value is a change ...
+  changed = _config(**{'loss.top_k': 0.5})
+  with pytest.raises(ValueError, match=r"loss.top_k: checkpoint 1.0 -> now 0.5"):
+    train.train_and_evaluate(changed, workdir)
+  # ... and the defaults resume it.
+  assert int(train.train_and_evaluate(_config(), workdir).step) == 4
+
+
 def test_resume_with_changed_shapes_and_allow_config_change_is_an_error(
     tmp_path):
   workdir = str(tmp_path)

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from facegan_jax import losses
 from facegan_jax import partitioning
 from facegan_jax import train_step as train_step_lib
 from tests.tiny import tiny_config
@@ -209,6 +210,37 @@ def test_lazy_penalty_runs_every_k_updates_with_k_times_the_weight():
   np.testing.assert_allclose(penalty(lazy_config, 8), 4 * every_time,
                              rtol=1e-5)
   assert penalty(lazy_config, 9) == 0 and penalty(lazy_config, 3) == 0
+
+
+def test_top_k_generator_update_learns_from_the_most_real_looking_fakes():
+  config = tiny_config(**{'loss.name': 'non_saturating', 'loss.penalty': 'none',
+                          'n_critic': 1, 'loss.top_k': 0.5,
+                          'loss.top_k_half_life': 1})
+  program, state, mesh = _build(config)
+  update = train_step_lib._gan_update(  # pylint: disable=protected-access
+      config, program.generator, program.discriminator,
+      *train_step_lib.create_optimizers(config))
+  fake = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (8, 32, 32, 3)),
+                     jnp.float32)
+  scores, _ = update.critic(state.d_params, state.batch_stats['discriminator'],
+                            fake, True)
+  per_fake = losses.generator_losses('non_saturating', scores)
+  best = np.argsort(-np.asarray(scores))[:4]
+  def loss_at(step):
+    at_step = state.replace(step=jnp.asarray(step, state.step.dtype))
+    return lambda x: update.generator_loss(at_step, x, None, None,
+                                           jax.random.PRNGKey(0))
+  # Step 0: the whole batch; from step 1 (one half-life) on, the best half.
+  np.testing.assert_allclose(loss_at(0)(fake), per_fake.mean(), rtol=1e-5)
+  np.testing.assert_allclose(loss_at(3)(fake), per_fake[best].mean(),
+                             rtol=1e-5)
+  grads = np.abs(np.asarray(jax.grad(loss_at(3))(fake))).sum(axis=(1, 2, 3))
+  assert np.all(grads[best] > 0)
+  assert np.all(np.delete(grads, best) == 0)
+  # The jitted step trains with it.
+  for images in _batches(config, 2, mesh):
+    state, metrics = program.step(state, images)
+  assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
 
 
 def _worker(tmp_path, num_devices):
