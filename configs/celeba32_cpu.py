@@ -17,7 +17,8 @@ the critic runs forward and backward on real and fake images, then again on
 the generator's), so a wide generator beside a width-64 critic costs fewer
 updates than widening both. Width 96 for both scored 15.3 and 15.6 (seeds 0 and 1, 26,000
 updates); generator 96 / critic 64, 14.1 (40,000); generator 128 / critic
-64, 13.6 and 14.7 (seeds 0 and 1, 31,000-32,000 updates); both at 128, 16.8.
+64, 13.6 and 14.7 (seeds 0 and 1, 31,000-32,000 updates); generator 160 /
+critic 64, 14.8 (25,000); both at 128, 16.8.
 The EMA generator is what is sampled and scored, with its own standing
 batch-norm statistics (recomputed before each grid and checkpoint, about
 1.5 seconds each here): on the same checkpoints and latents they turn 13.6
