@@ -73,6 +73,17 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
   return lines
 
 
+def config_from_meta(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The config stored in a checkpoint's meta, on top of today's defaults.
+
+  Keys added to configs/default.py after the run was saved get their default
+  (new keys default to the behaviour from before they existed).
+  """
+  config = default_config.base_config()
+  config.update(saved)
+  return config
+
+
 def check_resume_config(saved_config: dict[str, Any],
                         config: ml_collections.ConfigDict) -> None:
   """Refuses to resume when keys that shape the model or optimizer changed.
@@ -85,11 +96,8 @@ def check_resume_config(saved_config: dict[str, Any],
   if config.optimizer.schedule == 'cosine':
     # The cosine schedule is stretched over num_train_steps.
     ignore = ignore - {'num_train_steps'}
-  # A key added to configs/default.py since the checkpoint was written did
-  # not exist then: the run had its default behaviour (new keys default off).
-  saved = default_config.base_config()
-  saved.update(saved_config)
-  differences = config_differences(saved.to_dict(), config.to_dict(), ignore)
+  differences = config_differences(config_from_meta(saved_config).to_dict(),
+                                   config.to_dict(), ignore)
   if differences and not config.allow_config_change:
     raise ResumeConfigError(
         'The config differs from the one this checkpoint was trained with:\n  '

@@ -11,20 +11,9 @@ from typing import Any
 import ml_collections
 from jax.sharding import Mesh
 
-from configs import default as default_config
 from facegan_jax import checkpointing
 from facegan_jax import partitioning
 from facegan_jax import train_step as train_step_lib
-
-
-def config_from_meta(saved: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The config stored in a checkpoint's meta, on top of today's defaults.
-
-  Keys added to configs/default.py after the run was saved get their default.
-  """
-  config = default_config.base_config()
-  config.update(saved)
-  return config
 
 
 def restore_run(workdir: str, step: int | None = None,
@@ -54,7 +43,7 @@ def restore_run(workdir: str, step: int | None = None,
   built = {}
 
   def target_for(meta):
-    built['config'] = config_from_meta(meta['config'])
+    built['config'] = checkpointing.config_from_meta(meta['config'])
     built['program'] = train_step_lib.build_program(built['config'], mesh)
     return checkpointing.abstract_with_shardings(
         built['program'].abstract_state, built['program'].state_sharding)

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
+from facegan_jax import checkpointing
 from facegan_jax import export
 from facegan_jax import partitioning
-from facegan_jax import saved_run
 from facegan_jax import scoring
 from facegan_jax import train_step
 from tests.tiny import tiny_config
@@ -136,7 +136,7 @@ def test_signature_describes_the_export(run, ema_export):
   assert 'jax.export' in signature['format']
   assert signature['config']['model']['g_width'] == 8
   # The run's config comes back whole, as saved_run reads a checkpoint's.
-  assert (saved_run.config_from_meta(signature['config']).to_dict() ==
+  assert (checkpointing.config_from_meta(signature['config']).to_dict() ==
           config.to_dict())
   assert sorted(os.listdir(out_dir)) == ['generator.stablehlo',
                                          'signature.json']
