@@ -46,12 +46,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            config.ema_standing_stats >= 0,
            f'ema_standing_stats must be an integer >= 0 (batches; 0 = off), '
            f'got {config.ema_standing_stats!r}.')
-  _require(not config.ema_standing_stats or (
-      config.model.g_norm == 'batch' and not config.dataset.attributes),
-           f'ema_standing_stats={config.ema_standing_stats} recomputes an '
-           f'unconditional batch-norm generator\'s statistics (got '
-           f'model.g_norm={config.model.g_norm!r}, dataset.attributes='
-           f'{config.dataset.attributes!r}): set --config.ema_standing_stats=0.')
+  _require(not config.ema_standing_stats or config.model.g_norm == 'batch',
+           f'ema_standing_stats={config.ema_standing_stats} recomputes a '
+           f'batch-norm generator\'s statistics (got model.g_norm='
+           f'{config.model.g_norm!r}): set --config.ema_standing_stats=0.')
   _require(isinstance(config.loss.r1_every, int) and config.loss.r1_every >= 1,
            f'loss.r1_every must be an integer >= 1, got '
            f'{config.loss.r1_every!r}.')

@@ -245,15 +245,18 @@ class _Loop:
             (config.num_samples, config.model.latent_dim))),
         partitioning.replicated(mesh))
     self.sample_labels = None  # Labels of a conditional run's grids.
+    self.label_bank = None  # Its real label vectors, for standing statistics.
     self.standing_key = jax.device_put(
         jax.random.PRNGKey(config.seed + _STANDING_SEED_OFFSET),
         partitioning.replicated(mesh))
     if program.attributes:
+      bank = input_pipeline.all_labels(config.dataset)
       self.sample_labels = jax.device_put(
-          conditioning.draw_labels(input_pipeline.all_labels(config.dataset),
-                                   config.seed + _SAMPLE_SEED_OFFSET,
+          conditioning.draw_labels(bank, config.seed + _SAMPLE_SEED_OFFSET,
                                    config.num_samples),
           partitioning.replicated(mesh))
+      self.label_bank = jax.device_put(bank.astype(np.float32),
+                                       partitioning.replicated(mesh))
 
   def run(self, state, deadline: float | None = None):
     config = self.config
@@ -325,7 +328,8 @@ class _Loop:
       # Whatever shows or keeps the EMA generator gets its own statistics;
       # recomputed from scratch, so a resume changes none of them.
       state = state.replace(ema_batch_stats=self.program.standing_stats(
-          state.ema_params, state.ema_batch_stats, self.standing_key))
+          state.ema_params, state.ema_batch_stats, self.standing_key,
+          self.label_bank))
     if log or save:
       # Metrics leave the device only here, and a non-finite state is never
       # written over a good checkpoint.

@@ -224,7 +224,8 @@ def conditional_run(labelled, tmp_path_factory):
   config = tiny_config(**{
       'dataset.source': 'folder', 'dataset.path': labelled,
       'dataset.attributes': 'all', 'num_train_steps': 2,
-      'checkpoint_every': 2, 'sample_every': 2, 'num_samples': 4})
+      'checkpoint_every': 2, 'sample_every': 2, 'num_samples': 4,
+      'ema_standing_stats': 2})
   state = train.train_and_evaluate(config, workdir)
   return workdir, state
 
@@ -262,6 +263,23 @@ def test_conditional_samples_follow_the_labels_drawn_from_the_bank(
     next(scoring.generate_images(config, program, state, 4, 4))
 
 
+def test_standing_statistics_of_a_conditional_run_use_the_label_bank(
+    conditional_run):
+  """The EMA generator's standing statistics are computed with labels drawn
+  from the run's bank (the same draws with the bank inverted differ)."""
+  workdir, state = conditional_run
+  _, program, _, _ = saved_run.restore_run(workdir)
+  bank = conditioning.load_label_bank(workdir, program.attributes)
+  key = jax.random.PRNGKey(tiny_config().seed + train._STANDING_SEED_OFFSET)  # pylint: disable=protected-access
+  standing = lambda bank: jax.tree_util.tree_leaves(program.standing_stats(
+      state.ema_params, state.ema_batch_stats, key, bank.astype(np.float32)))
+  expected, inverted = standing(bank), standing(1 - bank)
+  for saved, want in zip(jax.tree_util.tree_leaves(state.ema_batch_stats),
+                         expected):
+    np.testing.assert_allclose(saved, want, rtol=1e-6, atol=1e-7)
+  assert not all(np.allclose(e, i) for e, i in zip(expected, inverted))
+
+
 def test_a_conditional_run_resumes(conditional_run, tmp_path):
   workdir, state = conditional_run
   config = checkpointing.flatten_config(
@@ -269,6 +287,7 @@ def test_a_conditional_run_resumes(conditional_run, tmp_path):
   resumed_config = tiny_config(**{
       'dataset.source': 'folder', 'dataset.path': config['dataset.path'],
       'dataset.attributes': 'all', 'num_train_steps': 3,
-      'checkpoint_every': 2, 'sample_every': 2, 'num_samples': 4})
+      'checkpoint_every': 2, 'sample_every': 2, 'num_samples': 4,
+      'ema_standing_stats': 2})
   resumed = train.train_and_evaluate(resumed_config, workdir)
   assert int(resumed.step) == 3

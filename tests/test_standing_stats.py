@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from facegan_jax import conditioning
 from facegan_jax import standing_stats
 from facegan_jax import train_step
 from tests.tiny import tiny_config
@@ -59,6 +60,12 @@ def test_many_batches_average_the_per_batch_statistics(
     _, updates = generator.apply({'params': params, 'batch_stats': init_stats},
                                  z, train=True, mutable=['batch_stats'])
     per_batch.append(updates['batch_stats'])
+  _assert_mean_of(stats, per_batch)
+
+
+def _assert_mean_of(stats, per_batch):
+  """`stats` is the mean of the batch statistics behind `per_batch`, each a
+  running-average update from (0 mean, 1 variance) with momentum 0.9."""
   m = 0.9
   for path, value in jax.tree_util.tree_leaves_with_path(stats):
     start = 1.0 if 'var' in jax.tree_util.keystr(path) else 0.0
@@ -81,3 +88,31 @@ def test_the_result_does_not_depend_on_the_stored_statistics(
       jax.tree_util.tree_leaves(_standing(generator_and_variables, 2)),
       jax.tree_util.tree_leaves(_standing(generator_and_variables, 2, other))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_conditional_generator_takes_labels_drawn_from_the_bank():
+  """Each latent is joined with a row of the bank: with a bank of one label
+  vector, the statistics are those of every batch joined with it."""
+  config = tiny_config(**{'dataset.attributes': 'A,B'})
+  generator, _ = train_step.create_models(config)
+  latent_dim = config.model.latent_dim
+  variables = generator.init(jax.random.PRNGKey(0),
+                             np.zeros((1, latent_dim + 2), np.float32),
+                             train=False)
+  params = jax.tree_util.tree_map(lambda p: p * 3.0, variables['params'])
+  standing = jax.jit(standing_stats.make_standing_stats_fn(
+      generator, latent_dim, BATCH, 2))
+
+  for label in ([1, 0], [0, 1]):
+    bank = np.tile(np.float32(label), (5, 1))
+    stats = standing(params, variables['batch_stats'], jax.random.PRNGKey(7),
+                     bank)
+    per_batch = []
+    for key in jax.random.split(jax.random.PRNGKey(7), 2):
+      z = conditioning.generator_input(
+          jax.random.normal(key, (BATCH, latent_dim)),
+          np.tile(np.float32(label), (BATCH, 1)))
+      per_batch.append(generator.apply(
+          {'params': params, 'batch_stats': variables['batch_stats']}, z,
+          train=True, mutable=['batch_stats'])[1]['batch_stats'])
+    _assert_mean_of(stats, per_batch)
