@@ -100,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.d_norm = 'none'  # Critic normalization: 'none', 'layer' or 'batch' (not with penalties).
   config.model.spectral_norm = False  # Spectral normalization of every critic layer.
   config.model.d_minibatch_stddev = 0  # DCGAN critic: minibatch-stddev feature over groups of this many samples (0 = off; StyleGAN2's critic always has it).
+  config.model.d_pack = 1  # Critic: samples scored together, stacked along the channels (PacGAN); 1 = off.
   config.model.mapping_layers = 8  # StyleGAN2: dense layers of the mapping network z -> w.
   config.model.style_mixing_prob = 0.9  # StyleGAN2: probability of mixing two latents' styles in training.
   config.model.conv_impl = 'auto'  # 'auto' (fast layers on CPU, XLA convs elsewhere), 'fast' or 'xla'.

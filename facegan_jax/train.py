@@ -255,8 +255,9 @@ class _Loop:
           conditioning.draw_labels(bank, config.seed + _SAMPLE_SEED_OFFSET,
                                    config.num_samples),
           partitioning.replicated(mesh))
-      self.label_bank = jax.device_put(bank.astype(np.float32),
-                                       partitioning.replicated(mesh))
+      if program.standing_stats is not None:
+        self.label_bank = jax.device_put(bank.astype(np.float32),
+                                         partitioning.replicated(mesh))
 
   def run(self, state, deadline: float | None = None):
     config = self.config

@@ -72,7 +72,9 @@ def init_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
   labels = _init_labels(config)
   z = conditioning.generator_input(
       jnp.zeros((1, config.model.latent_dim), jnp.float32), labels)
-  images = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
+  # One critic input: a pack of d_pack images (PacGAN; 1 without packing).
+  images = jnp.zeros((config.model.d_pack, resolution, resolution, 3),
+                     jnp.float32)
   g_vars = dict(generator.init(g_rng, z, train=False))
   d_vars = dict(discriminator.init(d_rng, images, labels, train=False))
   g_params, d_params = g_vars.pop('params'), d_vars.pop('params')

@@ -128,6 +128,19 @@ def test_standing_statistics_need_a_batch_norm_generator():
     validate_config(config)
 
 
+def test_packing_needs_a_divisible_batch_and_no_labels():
+  config = _recipe('celeba32_cpu')
+  config.model.d_pack = 2
+  validate_config(config)  # Batch 16: eight packs of two.
+  config.model.d_pack = 3
+  with pytest.raises(ValueError, match='batch_size divisible by it'):
+    validate_config(config)
+  config.model.d_pack = 2
+  config.dataset.attributes = 'Smiling'
+  with pytest.raises(ValueError, match='set --config.model.d_pack=1'):
+    validate_config(config)
+
+
 def _run_main(*args):
   return subprocess.run(
       [sys.executable, 'main.py', *args], cwd=REPO, capture_output=True,

@@ -16,6 +16,7 @@ import pytest
 from configs import default
 from facegan_jax import models
 from facegan_jax.models import dcgan
+from facegan_jax.models import packing
 
 _jit = functools.partial(
     jax.jit, compiler_options={'xla_backend_optimization_level': 0})
@@ -37,7 +38,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
       generator='dcgan', discriminator='dcgan', latent_dim=LATENT,
       g_width=2, d_width=2, g_norm='batch', d_norm='none',
       spectral_norm=False, d_minibatch_stddev=0, conv_impl='fast',
-      g_full_resolution_block=False)
+      g_full_resolution_block=False, d_pack=1)
   return ml_collections.ConfigDict({**keys, **overrides})
 
 
@@ -361,6 +362,40 @@ def test_conv_impl_auto_picks_fast_layers_only_on_cpu(monkeypatch, backend,
                                      32).conv_impl == expected
 
 
+def test_pack_stacks_consecutive_samples_along_the_channels():
+  x = np.asarray(_images(32, batch=6))
+  packed = np.asarray(packing.pack(jnp.asarray(x), 3))
+  assert packed.shape == (2, 32, 32, 9)
+  for i in range(2):
+    for j in range(3):
+      np.testing.assert_array_equal(packed[i, ..., 3 * j:3 * j + 3],
+                                    x[3 * i + j])
+  with pytest.raises(ValueError, match='batch size divisible by 4'):
+    packing.pack(jnp.asarray(x), 4)
+
+
+def test_packed_critic_scores_each_pack_from_all_its_samples():
+  discriminator = models.create_discriminator(_config(d_pack=2), 32)
+  x = _images(32, batch=6)
+  changed = x.at[3].set(-x[3])  # The second sample of the second pack.
+
+  @_jit
+  def run(x, changed):
+    variables = discriminator.init(jax.random.key(0), x[:2], train=False)
+    return (discriminator.apply(variables, x, train=False),
+            discriminator.apply(variables, changed, train=False),
+            variables['params']['critic']['down_0']['kernel'].shape)
+
+  scores, changed_scores, first_kernel = run(x, changed)
+  assert scores.shape == (3,)
+  assert first_kernel[-2] == 6  # Two RGB images per input.
+  assert abs(float(scores[1] - changed_scores[1])) > 1e-6
+  np.testing.assert_array_equal(np.asarray(scores)[[0, 2]],
+                                np.asarray(changed_scores)[[0, 2]])
+  with pytest.raises(ValueError, match='model.d_pack=1 for a conditional'):
+    discriminator.apply({}, x, jnp.ones((6, 2)), train=False)
+
+
 @pytest.mark.parametrize('overrides,resolution,message', [
     (dict(generator='stylegan'), 64,
      r"model.generator='stylegan'.*dcgan, resnet, stylegan2"),
@@ -391,6 +426,7 @@ def test_conv_impl_auto_picks_fast_layers_only_on_cpu(monkeypatch, backend,
     (dict(generator='stylegan2', g_norm='none', mapping_layers=2,
           style_mixing_prob=1.5), 64, r'model.style_mixing_prob=1.5'),
     (dict(d_minibatch_stddev=-1), 32, r'model.d_minibatch_stddev=-1 must be'),
+    (dict(d_pack=0), 32, r'model.d_pack=0 must be 1 \(off\)'),
     (dict(discriminator='resnet', d_minibatch_stddev=4), 64,
      r'd_minibatch_stddev is an option of the dcgan critic'),
 ])

@@ -243,6 +243,28 @@ def test_top_k_generator_update_learns_from_the_most_real_looking_fakes():
   assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
 
 
+def test_packed_critic_trains_on_packs():
+  config = tiny_config(**{'loss.name': 'non_saturating', 'loss.penalty': 'r1',
+                          'n_critic': 1, 'model.d_pack': 2})
+  program, state, mesh = _build(config)
+  first_kernel = state.d_params['critic']['down_0']['kernel']
+  assert first_kernel.shape[-2] == 6  # Pairs of RGB images.
+  update = train_step_lib._gan_update(  # pylint: disable=protected-access
+      config, program.generator, program.discriminator,
+      *train_step_lib.create_optimizers(config))
+  real = jnp.zeros((config.batch_size, 32, 32, 3))
+  scores, _ = update.critic(state.d_params, state.batch_stats['discriminator'],
+                            real, False)
+  assert scores.shape == (config.batch_size // 2,)
+  before = np.asarray(first_kernel)
+  for images in _batches(config, 2, mesh):
+    state, metrics = program.step(state, images)
+  metrics = jax.device_get(metrics)
+  assert all(np.isfinite(v) for v in metrics.values())
+  assert metrics['penalty'] > 0
+  assert not np.allclose(before, state.d_params['critic']['down_0']['kernel'])
+
+
 def _worker(tmp_path, num_devices):
   out = tmp_path / f'params_{num_devices}.npz'
   env = dict(os.environ)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from facegan_jax.models import conv as conv_lib
 from facegan_jax.models import dcgan
 from facegan_jax.models import normalization
+from facegan_jax.models import packing
 from facegan_jax.models import resnet
 from facegan_jax.models import small_cnn
 from facegan_jax.models import stylegan2
@@ -72,6 +73,10 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
   if isinstance(group, bool) or not isinstance(group, int) or group < 0:
     raise ValueError(f'model.d_minibatch_stddev={group!r} must be 0 (off) or '
                      'the samples per group, e.g. 4.')
+  pack = model_config.d_pack
+  if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
+    raise ValueError(f'model.d_pack={pack!r} must be 1 (off) or the samples '
+                     'the critic scores together, e.g. 2.')
   if group and model_config.discriminator != 'dcgan':
     raise ValueError(
         'model.d_minibatch_stddev is an option of the dcgan critic (the '
@@ -177,6 +182,9 @@ def create_discriminator(model_config: Any, resolution: int,
                          dtype: Any = jnp.float32) -> nn.Module:
   """The configured discriminator: images [B, R, R, 3] -> scores [B].
 
+  With model.d_pack = m > 1 it scores packs of m samples (PacGAN,
+  packing.py): scores [B / m], B divisible by m, no labels.
+
   `module.apply(variables, x, train=...)` returns float32 raw scores.
   Variables: 'params', plus 'batch_stats' iff spectral_norm (power-iteration
   state) or d_norm == 'batch'. train=True updates that state (needs
@@ -189,15 +197,23 @@ def create_discriminator(model_config: Any, resolution: int,
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
   """
   validate_model_config(model_config, resolution)
+  critic = _unpacked_discriminator(model_config, resolution,
+                                   _compute_dtype(dtype))
+  if model_config.d_pack > 1:
+    return packing.PackedCritic(critic, model_config.d_pack)
+  return critic
+
+
+def _unpacked_discriminator(model_config: Any, resolution: int,
+                            dtype: Any) -> nn.Module:
   if model_config.discriminator == 'stylegan2':
     return stylegan2.StyleGAN2Discriminator(
         resolution=resolution, width=model_config.d_width,
-        conv_impl=resolve_conv_impl(model_config.conv_impl),
-        dtype=_compute_dtype(dtype))
+        conv_impl=resolve_conv_impl(model_config.conv_impl), dtype=dtype)
   kwargs = dict(width=model_config.d_width, norm=model_config.d_norm,
                 spectral_norm=model_config.spectral_norm,
                 conv_impl=resolve_conv_impl(model_config.conv_impl),
-                dtype=_compute_dtype(dtype))
+                dtype=dtype)
   if model_config.discriminator == 'dcgan':
     return dcgan.DCGANDiscriminator(
         resolution=resolution,
