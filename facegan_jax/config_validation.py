@@ -81,8 +81,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(0.0 <= config.loss.label_smoothing < 1.0,
            f'loss.label_smoothing must be in [0, 1), got '
            f'{config.loss.label_smoothing}.')
-  pack = config.model.d_pack
-  _require(not isinstance(pack, int) or pack < 1 or (
+  pack = config.model.d_pack  # Its type and range: validate_model_config.
+  _require(not isinstance(pack, int) or pack <= 1 or (
       config.batch_size % pack == 0 and not config.dataset.attributes),
            f'model.d_pack={pack} packs {pack} unlabeled samples per critic '
            f'input: it needs a batch_size divisible by it (got '

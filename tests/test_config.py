@@ -139,6 +139,8 @@ def test_packing_needs_a_divisible_batch_and_no_labels():
   config.dataset.attributes = 'Smiling'
   with pytest.raises(ValueError, match='set --config.model.d_pack=1'):
     validate_config(config)
+  config.model.d_pack = 1
+  validate_config(config)  # Unpacked, a conditional run is fine.
 
 
 def _run_main(*args):
