@@ -9,6 +9,7 @@ import ml_collections
 from facegan_jax import losses
 from facegan_jax import models
 from facegan_jax import optimizers
+from facegan_jax.models import normalization
 
 
 def _require(condition: bool, message: str) -> None:
@@ -46,7 +47,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            config.ema_standing_stats >= 0,
            f'ema_standing_stats must be an integer >= 0 (batches; 0 = off), '
            f'got {config.ema_standing_stats!r}.')
-  _require(not config.ema_standing_stats or config.model.g_norm == 'batch',
+  _require(not config.ema_standing_stats or
+           config.model.g_norm in normalization.BATCH_STATISTICS_NORMS,
            f'ema_standing_stats={config.ema_standing_stats} recomputes a '
            f'batch-norm generator\'s statistics (got model.g_norm='
            f'{config.model.g_norm!r}): set --config.ema_standing_stats=0.')

@@ -123,6 +123,8 @@ def test_standing_statistics_need_a_batch_norm_generator():
   validate_config(config)  # DCGAN with batch norm: fine.
   config.dataset.attributes = 'Smiling'
   validate_config(config)  # Conditional too (labels drawn from the data's).
+  config.model.g_norm = 'self_modulated'
+  validate_config(config)  # Batch norm under the modulation.
   config.model.g_norm = 'none'
   with pytest.raises(ValueError, match='set --config.ema_standing_stats=0'):
     validate_config(config)

@@ -16,6 +16,7 @@ import pytest
 from configs import default
 from facegan_jax import models
 from facegan_jax.models import dcgan
+from facegan_jax.models import normalization
 from facegan_jax.models import packing
 
 _jit = functools.partial(
@@ -273,6 +274,7 @@ def test_generator_batch_norm_state():
 
 @pytest.mark.parametrize('g_norm,d_norm,spectral_norm,g_cols,d_cols', [
     ('batch', 'none', False, {'params', 'batch_stats'}, {'params'}),
+    ('self_modulated', 'none', False, {'params', 'batch_stats'}, {'params'}),
     ('none', 'layer', False, {'params'}, {'params'}),
     ('none', 'batch', False, {'params'}, {'params', 'batch_stats'}),
     ('none', 'none', True, {'params'}, {'params', 'batch_stats'}),
@@ -287,6 +289,58 @@ def test_variable_collections(g_norm, d_norm, spectral_norm, g_cols, d_cols):
                           jax.random.key(0), _images(32))
   assert set(g_vars) == g_cols
   assert set(d_vars) == d_cols
+
+
+def test_self_modulation_scales_and_shifts_each_sample_by_its_own_latent():
+  x = jax.random.normal(jax.random.key(0), (3, 4, 4, 5))
+  latent = jax.random.normal(jax.random.key(1), (3, LATENT))
+  layer = normalization.SelfModulatedBatchNorm(train=False)
+  variables = layer.init(jax.random.key(2), x, latent)
+  # Fresh running statistics (mean 0, variance 1) and a zero modulation.
+  plain = x / np.sqrt(1 + 1e-5)
+  np.testing.assert_allclose(layer.apply(variables, x, latent), plain,
+                             rtol=1e-5, atol=1e-6)
+  params = variables['params']
+  out = params['scale_shift']
+  out = dict(out, kernel=jax.random.normal(jax.random.key(3),
+                                           out['kernel'].shape),
+             bias=jax.random.normal(jax.random.key(4), out['bias'].shape))
+  variables = dict(variables, params=dict(params, scale_shift=out))
+  hidden = jax.nn.relu(latent @ params['hidden']['kernel'] +
+                       params['hidden']['bias'])
+  scale, shift = np.split(hidden @ out['kernel'] + out['bias'], 2, axis=-1)
+  expected = (plain * (1 + scale[:, None, None]) + shift[:, None, None])
+  np.testing.assert_allclose(layer.apply(variables, x, latent), expected,
+                             rtol=1e-4, atol=1e-5)
+  # A new latent for sample 1 changes sample 1 only.
+  other = layer.apply(variables, x, latent.at[1].add(1.0))
+  assert not np.allclose(other[1], expected[1], atol=1e-3)
+  np.testing.assert_allclose(other[::2], expected[::2], rtol=1e-4, atol=1e-5)
+
+
+def test_self_modulated_generator_starts_as_its_batch_norm_twin():
+  z = _z(batch=4)
+  twin = {}
+  for g_norm in ('batch', 'self_modulated'):
+    generator = models.create_generator(_config(g_norm=g_norm), 32)
+    variables = generator.init(jax.random.key(0), z, train=False)
+    twin[g_norm] = (generator, variables)
+  generator, variables = twin['self_modulated']
+  modulated = variables['params']['up_0_norm']
+  assert set(modulated) == {'hidden', 'scale_shift'}
+  assert modulated['scale_shift']['kernel'].shape[-1] == 2 * 4  # 2x 4 ch.
+  # Same convolutions (the unit-scale, zero-shift batch norm has none of
+  # its own): the same images in training mode.
+  shared = {k: v for k, v in twin['batch'][1]['params'].items()
+            if not k.endswith('_norm')}
+  variables = dict(variables, params={**variables['params'], **shared})
+  images = {}
+  for g_norm, (module, own) in twin.items():
+    own = variables if g_norm == 'self_modulated' else own
+    images[g_norm], _ = module.apply(own, z, train=True,
+                                     mutable=['batch_stats'])
+  np.testing.assert_allclose(images['self_modulated'], images['batch'],
+                             rtol=1e-4, atol=1e-5)
 
 
 def test_layer_norm_critic_scores_each_example_independently():
@@ -401,7 +455,10 @@ def test_packed_critic_scores_each_pack_from_all_its_samples():
      r"model.generator='stylegan'.*dcgan, resnet, stylegan2"),
     (dict(discriminator='vit'), 64,
      r"model.discriminator='vit'.*dcgan, resnet, small_cnn"),
-    (dict(g_norm='layer'), 64, r"model.g_norm='layer'.*batch, none"),
+    (dict(g_norm='layer'), 64,
+     r"model.g_norm='layer'.*batch, self_modulated, none"),
+    (dict(generator='resnet', g_norm='self_modulated'), 64,
+     r"g_norm='self_modulated' is an option of the dcgan generator"),
     (dict(d_norm='group'), 64, r"model.d_norm='group'.*none, layer, batch"),
     (dict(conv_impl='cudnn'), 64, r"model.conv_impl='cudnn'.*auto, fast, xla"),
     (dict(g_width=0), 64, r'model.g_width=0 must be a positive integer'),

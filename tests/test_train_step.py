@@ -265,6 +265,29 @@ def test_packed_critic_trains_on_packs():
   assert not np.allclose(before, state.d_params['critic']['down_0']['kernel'])
 
 
+def test_self_modulated_generator_learns_its_modulation():
+  config = tiny_config(**{'loss.name': 'non_saturating', 'loss.penalty': 'none',
+                          'n_critic': 1, 'model.g_norm': 'self_modulated',
+                          'ema_standing_stats': 2})
+  program, state, mesh = _build(config)
+  modulation = lambda s: jax.device_get(s.g_params['up_0_norm'])
+  before = modulation(state)
+  assert not np.any(before['scale_shift']['kernel'])  # Starts as batch norm.
+  for images in _batches(config, 2, mesh):
+    state, metrics = program.step(state, images)
+  assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+  after = modulation(state)
+  assert np.any(after['scale_shift']['kernel'])
+  # Zero output weights pass no gradient to the hidden layer on the first
+  # update; by the second they do.
+  assert not np.allclose(after['hidden']['kernel'], before['hidden']['kernel'])
+  standing = program.standing_stats(state.ema_params, state.ema_batch_stats,
+                                    jax.random.PRNGKey(0))
+  assert jax.tree_util.tree_structure(standing) == (
+      jax.tree_util.tree_structure(state.ema_batch_stats))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(standing))
+
+
 def _worker(tmp_path, num_devices):
   out = tmp_path / f'params_{num_devices}.npz'
   env = dict(os.environ)

@@ -67,7 +67,9 @@ class DCGANGenerator(nn.Module):
   Attributes:
     resolution: R, a power of two >= 8.
     width: channels of the last hidden block (at R/2).
-    norm: 'batch' or 'none' (then every layer has a bias).
+    norm: 'batch', 'self_modulated' (batch norm whose scale and shift are
+      functions of the input, see normalization.SelfModulatedBatchNorm) or
+      'none' (then every layer has a bias).
     full_resolution_block: one more hidden block, at R x R with width // 2
       channels, and the image from it by a 3x3 convolution (the CNN
       generator of Miyato et al. 2018), instead of the last transposed
@@ -92,7 +94,7 @@ class DCGANGenerator(nn.Module):
                  kernel_init=_KERNEL_INIT, name='project')(z)
     x = x.reshape(z.shape[0], 4, 4, channels[0])
     x = nn.relu(normalization.normalize(x, self.norm, train, self.dtype,
-                                        name='project_norm'))
+                                        name='project_norm', latent=z))
     if self.full_resolution_block:
       channels = [*channels, max(self.width // 2, 1)]
     for i, features in enumerate(channels[1:]):
@@ -100,7 +102,7 @@ class DCGANGenerator(nn.Module):
                                  impl=self.conv_impl, dtype=self.dtype,
                                  kernel_init=_KERNEL_INIT, name=f'up_{i}')(x)
       x = nn.relu(normalization.normalize(x, self.norm, train, self.dtype,
-                                          name=f'up_{i}_norm'))
+                                          name=f'up_{i}_norm', latent=z))
     # With the full-resolution block the image comes from R x R features by
     # a 3x3 stride-1 'SAME' transposed convolution: the 'SAME' 3x3
     # convolution (kernel not flipped), and its GEMM + col2im form is the

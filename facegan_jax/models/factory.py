@@ -60,6 +60,11 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
     if not isinstance(getattr(model_config, key), bool):
       raise ValueError(f'model.{key}={getattr(model_config, key)!r} must be '
                        'True or False.')
+  if (model_config.g_norm == 'self_modulated' and
+      model_config.generator != 'dcgan'):
+    raise ValueError(
+        "model.g_norm='self_modulated' is an option of the dcgan generator; "
+        f"use 'batch' with model.generator={model_config.generator!r}.")
   if (model_config.g_full_resolution_block and
       model_config.generator != 'dcgan'):
     raise ValueError(
@@ -150,9 +155,9 @@ def create_generator(model_config: Any, resolution: int,
   signed labels, [B, latent_dim + A] (facegan_jax.conditioning).
 
   `module.apply(variables, z, train=...)` returns float32 images in [-1, 1].
-  Variables: 'params', plus 'batch_stats' iff g_norm == 'batch' (train=True
-  normalizes with batch statistics and needs mutable=['batch_stats'];
-  train=False uses the running averages).
+  Variables: 'params', plus 'batch_stats' iff g_norm is 'batch' or
+  'self_modulated' (train=True normalizes with batch statistics and needs
+  mutable=['batch_stats']; train=False uses the running averages).
 
   Args:
     model_config: the config's `model` section.
