@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.g_width = 64  # Channels of the generator's last (widest-resolution) block.
   config.model.d_width = 64  # Channels of the discriminator's first block.
   config.model.g_full_resolution_block = False  # DCGAN generator: a hidden block at full resolution (g_width // 2 channels) and a 3x3 conv to RGB, as SNGAN's CNN.
+  config.model.g_upsampling = 'transposed'  # DCGAN generator: 'transposed' (4x4 stride-2 transposed convs) or 'nearest' (nearest x2 upsampling + 3x3 conv).
   config.model.g_norm = 'batch'  # Generator normalization: 'batch', 'self_modulated' (dcgan: batch norm scaled and shifted by an MLP of z, Chen et al. 2019) or 'none'.
   config.model.d_norm = 'none'  # Critic normalization: 'none', 'layer' or 'batch' (not with penalties).
   config.model.spectral_norm = False  # Spectral normalization of every critic layer.

@@ -39,7 +39,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
       generator='dcgan', discriminator='dcgan', latent_dim=LATENT,
       g_width=2, d_width=2, g_norm='batch', d_norm='none',
       spectral_norm=False, d_minibatch_stddev=0, conv_impl='fast',
-      g_full_resolution_block=False, d_pack=1)
+      g_full_resolution_block=False, g_upsampling='transposed', d_pack=1)
   return ml_collections.ConfigDict({**keys, **overrides})
 
 
@@ -169,16 +169,23 @@ def test_channel_cap_keeps_large_models_bounded():
       64, 128, 256, 512, 512, 512]
 
 
-@pytest.mark.parametrize('generator,discriminator,resolution,full_block', [
-    ('dcgan', 'dcgan', 32, False), ('dcgan', 'dcgan', 32, True),
-    ('resnet', 'resnet', 64, False), ('dcgan', 'small_cnn', 32, False)])
-def test_fast_and_xla_models_compute_the_same_function(generator,
-                                                       discriminator,
-                                                       resolution, full_block):
-  """Same parameters, same outputs: checkpoints move between backends."""
+@pytest.mark.parametrize(
+    'generator,discriminator,resolution,full_block,upsampling', [
+        ('dcgan', 'dcgan', 32, False, 'transposed'),
+        ('dcgan', 'dcgan', 32, True, 'transposed'),
+        ('dcgan', 'dcgan', 32, False, 'nearest'),
+        ('resnet', 'resnet', 64, False, 'transposed'),
+        ('dcgan', 'small_cnn', 32, False, 'transposed')])
+def test_fast_and_xla_models_compute_the_same_function(
+    generator, discriminator, resolution, full_block, upsampling):
+  """Same parameters, same outputs: checkpoints move between backends.
+
+  The 'xla' layers are the textbook definitions (for 'nearest': upsample,
+  then convolve), so this also checks what each generator computes.
+  """
   kwargs = dict(generator=generator, discriminator=discriminator,
                 g_width=3, d_width=3, d_norm='layer',
-                g_full_resolution_block=full_block)
+                g_full_resolution_block=full_block, g_upsampling=upsampling)
   fast = _config(conv_impl='fast', **kwargs)
   xla = _config(conv_impl='xla', **kwargs)
 
@@ -289,6 +296,19 @@ def test_variable_collections(g_norm, d_norm, spectral_norm, g_cols, d_cols):
                           jax.random.key(0), _images(32))
   assert set(g_vars) == g_cols
   assert set(d_vars) == d_cols
+
+
+@pytest.mark.parametrize('upsampling,kernel', [('transposed', 4),
+                                               ('nearest', 3)])
+def test_generator_upsampling_layers(upsampling, kernel):
+  generator = models.create_generator(_config(g_upsampling=upsampling), 32)
+  params = jax.eval_shape(functools.partial(generator.init, train=False),
+                          jax.random.key(0), _z())['params']
+  for name in ('up_0', 'up_1', 'to_rgb'):
+    assert params[name]['kernel'].shape[:2] == (kernel, kernel), name
+  images = generator.apply(generator.init(jax.random.key(0), _z(), train=False),
+                           _z(), train=False)
+  assert images.shape == (BATCH, 32, 32, 3)
 
 
 def test_self_modulation_scales_and_shifts_each_sample_by_its_own_latent():
@@ -457,6 +477,10 @@ def test_packed_critic_scores_each_pack_from_all_its_samples():
      r"model.discriminator='vit'.*dcgan, resnet, small_cnn"),
     (dict(g_norm='layer'), 64,
      r"model.g_norm='layer'.*batch, self_modulated, none"),
+    (dict(g_upsampling='bilinear'), 32,
+     r"model.g_upsampling='bilinear'.*transposed, nearest"),
+    (dict(generator='resnet', g_upsampling='nearest'), 64,
+     r'g_upsampling is an option of the dcgan generator'),
     (dict(generator='resnet', g_norm='self_modulated'), 64,
      r"g_norm='self_modulated' is an option of the dcgan generator"),
     (dict(d_norm='group'), 64, r"model.d_norm='group'.*none, layer, batch"),

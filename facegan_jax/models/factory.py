@@ -25,6 +25,7 @@ GENERATORS = ('dcgan', 'resnet', 'stylegan2')
 DISCRIMINATORS = ('dcgan', 'resnet', 'small_cnn', 'stylegan2')
 G_NORMS = normalization.G_NORMS
 D_NORMS = normalization.D_NORMS
+G_UPSAMPLINGS = ('transposed', 'nearest')
 CONV_IMPLS = ('auto',) + conv_lib.IMPLS
 # The one definition of these two; config validation and the input pipeline
 # import them from here (facegan_jax.models), never the other way round.
@@ -65,6 +66,13 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
     raise ValueError(
         "model.g_norm='self_modulated' is an option of the dcgan generator; "
         f"use 'batch' with model.generator={model_config.generator!r}.")
+  _check_choice('model.g_upsampling', model_config.g_upsampling,
+                G_UPSAMPLINGS)
+  if (model_config.g_upsampling != 'transposed' and
+      model_config.generator != 'dcgan'):
+    raise ValueError(
+        'model.g_upsampling is an option of the dcgan generator; set it to '
+        f"'transposed' with model.generator={model_config.generator!r}.")
   if (model_config.g_full_resolution_block and
       model_config.generator != 'dcgan'):
     raise ValueError(
@@ -179,7 +187,8 @@ def create_generator(model_config: Any, resolution: int,
                 dtype=_compute_dtype(dtype))
   if model_config.generator == 'dcgan':
     return dcgan.DCGANGenerator(
-        full_resolution_block=model_config.g_full_resolution_block, **kwargs)
+        full_resolution_block=model_config.g_full_resolution_block,
+        upsampling=model_config.g_upsampling, **kwargs)
   return resnet.ResNetGenerator(**kwargs)
 
 
