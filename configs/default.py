@@ -117,6 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.loss.path_length_every = 4  # Lazy: path length regularization on every k-th generator update only, weighted k times.
   config.loss.top_k = 1.0  # Top-k generator updates (Sinha et al. 2020): its loss averages over the fakes the critic scores most real, a fraction of the batch that halves every top_k_half_life updates down to this floor; 1 = off.
   config.loss.top_k_half_life = 10_000  # Generator updates over which the top-k fraction halves (until it reaches loss.top_k).
+  config.loss.lecam_weight = 0.0  # LeCam regularization of the critic (Tseng et al. 2021; paper: 0.3 with BigGAN): penalizes real scores above the fake scores' moving average and fake scores below the real scores'; 0 = off.
+  config.loss.lecam_decay = 0.99  # Decay per critic update of LeCam's moving averages of the critic's mean real and fake scores.
   config.loss.drift_weight = 0.0  # Epsilon-drift term eps * E[D(real)^2] (Progressive GAN); 0 = off.
 
   # --- Optimizers ---------------------------------------------------------

@@ -80,6 +80,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config.loss.top_k_half_life > 0,
            f'loss.top_k_half_life must be > 0 generator updates, got '
            f'{config.loss.top_k_half_life}.')
+  _require(config.loss.lecam_weight >= 0,
+           f'loss.lecam_weight must be >= 0 (0 = off), got '
+           f'{config.loss.lecam_weight}.')
+  _require(0.0 < config.loss.lecam_decay < 1.0,
+           f'loss.lecam_decay is the decay per critic update of LeCam\'s score '
+           f'averages, in (0, 1), got {config.loss.lecam_decay}.')
   _require(0.0 <= config.loss.label_smoothing < 1.0,
            f'loss.label_smoothing must be in [0, 1), got '
            f'{config.loss.label_smoothing}.')

@@ -103,6 +103,40 @@ def top_k_mean(values: jax.Array, scores: jax.Array, k: jax.Array) -> jax.Array:
   return jnp.where(kept, values, 0.0).sum() / k
 
 
+def lecam_penalty(real_scores: jax.Array, fake_scores: jax.Array,
+                  averages: dict[str, jax.Array], update_index: jax.Array,
+                  decay: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """LeCam regularization of the critic (Tseng et al. 2021) and its anchors.
+
+  Moving averages of the critic's mean score on real and on fake images
+  anchor each other: real scores above the fake average and fake scores
+  below the real average are penalized, so a critic that starts to memorize
+  a small training set cannot push the two apart without bound.
+
+  Args:
+    real_scores, fake_scores: [B] critic outputs.
+    averages: {'real', 'fake'}: the moving averages before this update
+      (zeros at the start of a run).
+    update_index: critic updates before this one in the run; corrects the
+      zero start's bias, as Adam does.
+    decay: the averages' decay per critic update.
+
+  Returns:
+    (penalty, the averages updated with this batch's means).
+  """
+  means = {'real': real_scores.mean(), 'fake': fake_scores.mean()}
+  averages = jax.tree_util.tree_map(
+      lambda average, mean: decay * average +
+      (1.0 - decay) * jax.lax.stop_gradient(mean).astype(jnp.float32),
+      averages, means)
+  unbiased = 1.0 - decay ** jnp.asarray(update_index + 1, jnp.float32)
+  real_anchor = averages['real'] / unbiased
+  fake_anchor = averages['fake'] / unbiased
+  penalty = (jnp.square(jax.nn.relu(real_scores - fake_anchor)).mean() +
+             jnp.square(jax.nn.relu(real_anchor - fake_scores)).mean())
+  return penalty.astype(jnp.float32), averages
+
+
 def input_gradients(critic_fn: CriticFn, images: jax.Array) -> jax.Array:
   """d critic / d images, per example: [B, H, W, C].
 

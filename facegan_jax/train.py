@@ -162,6 +162,10 @@ def _with_weights_from(state, run_dir: str, state_sharding):
   Optimizer states, step and rng stay fresh: this starts a new run.
   """
   weights = checkpointing.load_weights(run_dir)
+  # Only the models' own entries: LeCam's score averages start fresh.
+  weights['batch_stats'] = {**state.batch_stats, **{
+      key: weights['batch_stats'][key] for key in ('generator',
+                                                   'discriminator')}}
   for name, tree in weights.items():
     expected = jax.tree_util.tree_map(np.shape, getattr(state, name))
     if jax.tree_util.tree_map(np.shape, tree) != expected:

@@ -22,7 +22,9 @@ class TrainState:
       evaluation).
     batch_stats: non-trainable model state, {'generator': ...,
       'discriminator': ...} (batch-norm averages, spectral-norm vectors);
-      empty dicts for models without any.
+      empty dicts for models without any. With loss.lecam_weight also
+      'critic_scores': {'real', 'fake'}, the moving averages of the critic's
+      mean scores that LeCam regularization anchors to.
     ema_batch_stats: the generator's non-trainable state averaged with the
       same decay as ema_params, so the EMA generator normalizes with
       statistics of the weights it runs with, not of the raw generator's;

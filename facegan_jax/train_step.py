@@ -86,11 +86,21 @@ def init_train_state(rng: jax.Array, config: ml_collections.ConfigDict,
       d_opt_state=d_tx.init(d_params),
       # Copies, not aliases: the step donates the state's buffers.
       ema_params=jax.tree_util.tree_map(jnp.copy, g_params),
-      batch_stats={'generator': g_vars.get('batch_stats', {}),
-                   'discriminator': d_vars.get('batch_stats', {})},
+      batch_stats=_init_batch_stats(config, g_vars, d_vars),
       ema_batch_stats=jax.tree_util.tree_map(
           jnp.copy, g_vars.get('batch_stats', {})),
       rng=run_rng)
+
+
+def _init_batch_stats(config, g_vars, d_vars) -> dict[str, Any]:
+  """TrainState.batch_stats: the models' non-trainable state, and the
+  critic's score averages when LeCam regularization uses them."""
+  stats = {'generator': g_vars.get('batch_stats', {}),
+           'discriminator': d_vars.get('batch_stats', {})}
+  if config.loss.lecam_weight:
+    stats['critic_scores'] = {'real': jnp.zeros((), jnp.float32),
+                              'fake': jnp.zeros((), jnp.float32)}
+  return stats
 
 
 def _init_labels(config: ml_collections.ConfigDict) -> jax.Array | None:
@@ -157,9 +167,12 @@ class GanUpdate:
         mutable=['batch_stats'])
     return scores, updates.get('batch_stats', d_stats)
 
-  def critic_loss(self, d_params, d_stats, real, fake, penalty_rng,
+  def critic_loss(self, d_params, stats, real, fake, penalty_rng,
                   update_index, labels=None):
-    """The critic's objective with penalty and drift; (loss, (stats, aux)).
+    """The critic's objective with penalties and drift; (loss, (stats, aux)).
+
+    `stats`: TrainState.batch_stats, returned with the critic's entries
+    updated (its batch statistics, and LeCam's score averages).
 
     Lazy regularization (Karras et al. 2020): with loss.r1_every = k > 1 the
     penalty is computed on every k-th critic update only (`update_index`
@@ -169,11 +182,13 @@ class GanUpdate:
     fakes were generated with them), so every penalty sees one function.
     """
     loss_config = self.config.loss
-    real_scores, stats = self.critic(d_params, d_stats, real, True, labels)
-    fake_scores, stats = self.critic(d_params, stats, fake, True, labels)
+    real_scores, d_stats = self.critic(d_params, stats['discriminator'], real,
+                                       True, labels)
+    fake_scores, d_stats = self.critic(d_params, d_stats, fake, True, labels)
+    stats = {**stats, 'discriminator': d_stats}
     adversarial = losses.critic_loss(loss_config.name, real_scores,
                                      fake_scores, loss_config.label_smoothing)
-    critic_fn = lambda x: self.critic(d_params, stats, x, False, labels)[0]
+    critic_fn = lambda x: self.critic(d_params, d_stats, x, False, labels)[0]
     every = loss_config.r1_every
     penalty_of = lambda weight: losses.penalty(
         loss_config.penalty, critic_fn, real, fake, penalty_rng, weight)
@@ -188,7 +203,13 @@ class GanUpdate:
     d_real, d_fake = real_scores.mean(), fake_scores.mean()
     aux = dict(penalty=penalty, d_real=d_real, d_fake=d_fake,
                wasserstein=d_real - d_fake)
-    return adversarial + penalty + drift, (stats, aux)
+    loss = adversarial + penalty + drift
+    if loss_config.lecam_weight:
+      aux['lecam'], stats['critic_scores'] = losses.lecam_penalty(
+          real_scores, fake_scores, stats['critic_scores'], update_index,
+          loss_config.lecam_decay)
+      loss += loss_config.lecam_weight * aux['lecam']
+    return loss, (stats, aux)
 
   def critic_latents(self, rng: jax.Array, batch: int):
     """The latents and generator key of the critic update keyed by `rng`."""
@@ -204,18 +225,19 @@ class GanUpdate:
     return self.critic_update_on(carry, real, fake, labels, rng, update_index)
 
   def critic_update_on(self, carry, real, fake, labels, rng, update_index):
-    """One critic update on given real and generated images."""
-    d_params, d_opt_state, d_stats = carry
+    """One critic update on given real and generated images; `carry` is
+    (d_params, d_opt_state, TrainState.batch_stats)."""
+    d_params, d_opt_state, stats = carry
     _, penalty_rng, real_aug_rng, fake_aug_rng, _ = jax.random.split(rng, 5)
-    (loss, (d_stats, aux)), grads = jax.value_and_grad(
+    (loss, (stats, aux)), grads = jax.value_and_grad(
         self.critic_loss, has_aux=True)(
-            d_params, d_stats, self.augment(real, real_aug_rng),
+            d_params, stats, self.augment(real, real_aug_rng),
             self.augment(jax.lax.stop_gradient(fake), fake_aug_rng),
             penalty_rng, update_index, labels)
     updates, d_opt_state = self.d_tx.update(grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, updates)
     metrics = dict(aux, d_loss=loss, d_grad_norm=optax.tree.norm(grads))
-    return (d_params, d_opt_state, d_stats), metrics
+    return (d_params, d_opt_state, stats), metrics
 
   def critic_phase(self, state: TrainState, images: jax.Array,
                    labels: jax.Array | None = None
@@ -227,19 +249,18 @@ class GanUpdate:
     carry, metrics = jax.lax.scan(
         functools.partial(self.critic_update, state.g_params,
                           state.batch_stats['generator']),
-        (state.d_params, state.d_opt_state, state.batch_stats['discriminator']),
+        (state.d_params, state.d_opt_state, state.batch_stats),
         (images, labels, jax.random.split(critic_rng, n_critic),
          state.step * n_critic + jnp.arange(n_critic)))
     return self.after_critic(state, carry,
                              {k: v.mean() for k, v in metrics.items()})
 
   def after_critic(self, state, carry, metrics):
-    """The state with the critic's (params, optimizer state, stats) `carry`."""
-    d_params, d_opt_state, d_stats = carry
-    state = state.replace(
-        d_params=d_params, d_opt_state=d_opt_state,
-        batch_stats={'generator': state.batch_stats['generator'],
-                     'discriminator': d_stats})
+    """The state with the critic's (params, optimizer state, batch_stats)
+    `carry`."""
+    d_params, d_opt_state, batch_stats = carry
+    state = state.replace(d_params=d_params, d_opt_state=d_opt_state,
+                          batch_stats=batch_stats)
     metrics['d_lr'] = jnp.asarray(self.d_schedule(state.step), jnp.float32)
     return state, metrics
 
@@ -306,8 +327,7 @@ class GanUpdate:
         step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state,
         ema_params=average(state.ema_params, g_params),
         ema_batch_stats=average(state.ema_batch_stats, g_stats),
-        batch_stats={'generator': g_stats,
-                     'discriminator': state.batch_stats['discriminator']})
+        batch_stats={**state.batch_stats, 'generator': g_stats})
     metrics = dict(metrics, g_grad_norm=optax.tree.norm(g_grads),
                    g_lr=jnp.asarray(self.g_schedule(state.step), jnp.float32))
     return new_state, metrics
@@ -334,7 +354,7 @@ class GanUpdate:
         lambda g: self.generate(g, g_stats_before, z, noise_rng, labels),
         state.g_params, has_aux=True)
     carry, critic_metrics = self.critic_update_on(
-        (state.d_params, state.d_opt_state, state.batch_stats['discriminator']),
+        (state.d_params, state.d_opt_state, state.batch_stats),
         real, fake, labels, rng, state.step)
     state, critic_metrics = self.after_critic(state, carry, critic_metrics)
     real_scores = self.paired_real_scores(

@@ -99,6 +99,8 @@ def test_argument_string():
     ('loss.top_k', 0.0, 'loss.top_k is the smallest fraction'),
     ('loss.top_k', 1.5, 'in \\(0, 1\\]'),
     ('loss.top_k_half_life', 0, 'top_k_half_life must be > 0'),
+    ('loss.lecam_weight', -0.1, 'loss.lecam_weight must be >= 0'),
+    ('loss.lecam_decay', 1.0, 'loss.lecam_decay is the decay'),
 ])
 def test_bad_values_are_refused_with_the_key_and_choices(key, value, message):
   config = _recipe('wgan_gp')

@@ -105,6 +105,34 @@ def test_top_k_mean_averages_the_losses_of_the_highest_scored_fakes():
       losses.generator_loss('non_saturating', FAKE), rtol=1e-6)
 
 
+def test_lecam_anchors_each_side_to_the_bias_corrected_average_of_the_other():
+  real = jnp.array([1.0, -0.5, 2.0, 0.3])
+  fake = jnp.array([-1.0, 0.4, -2.0, 0.1])
+  zeros = {'real': jnp.zeros(()), 'fake': jnp.zeros(())}
+
+  def by_hand(real, fake, real_anchor, fake_anchor):
+    return (np.square(np.maximum(real - fake_anchor, 0)).mean() +
+            np.square(np.maximum(real_anchor - fake, 0)).mean())
+
+  # First update: the corrected averages are this batch's means exactly.
+  penalty, averages = losses.lecam_penalty(real, fake, zeros, 0, 0.9)
+  np.testing.assert_allclose(averages['real'], 0.1 * real.mean(), rtol=1e-6)
+  np.testing.assert_allclose(
+      penalty, by_hand(real, fake, real.mean(), fake.mean()), rtol=1e-6)
+  # Second update: (0.9 * 0.1 m1 + 0.1 m2) / (1 - 0.9^2).
+  penalty, second = losses.lecam_penalty(-fake, -real, averages, 1, 0.9)
+  real_anchor = (0.09 * real.mean() - 0.1 * fake.mean()) / 0.19
+  fake_anchor = (0.09 * fake.mean() - 0.1 * real.mean()) / 0.19
+  np.testing.assert_allclose(second['real'] / 0.19, real_anchor, rtol=1e-5)
+  np.testing.assert_allclose(
+      penalty, by_hand(-fake, -real, real_anchor, fake_anchor), rtol=1e-5)
+  # The anchors are constants: each score's gradient is its own term's.
+  grad = jax.grad(lambda r: losses.lecam_penalty(r, fake, zeros, 0, 0.9)[0])(
+      real)
+  np.testing.assert_allclose(
+      grad, 2 * np.maximum(real - fake.mean(), 0) / 4, rtol=1e-5)
+
+
 def test_unknown_names_are_refused_with_choices():
   with pytest.raises(ValueError, match='hinge'):
     losses.critic_loss('wgan', REAL, FAKE)

@@ -249,6 +249,21 @@ def test_init_from_takes_weights_and_starts_fresh(four_steps, tmp_path):
     train.train_and_evaluate(bad, str(tmp_path / 'other'))
 
 
+def test_init_from_a_run_without_lecam_starts_its_averages_fresh(
+    four_steps, tmp_path):
+  source, trained = four_steps
+  config = _config(num_train_steps=1, init_from=source,
+                   **{'loss.lecam_weight': 0.1,
+                      'optimizer.d_learning_rate': 1e-12})
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 1
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(state.d_params)),
+                  jax.tree_util.tree_leaves(jax.device_get(trained.d_params))):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  # One critic update's worth of average, from zero: (1 - 0.99) * mean.
+  assert 0 < abs(float(state.batch_stats['critic_scores']['real'])) < 1
+
+
 CELEBA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), '..', 'shared', 'data', 'celeba_10k')
 

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from facegan_jax import checkpointing
 from facegan_jax import losses
 from facegan_jax import partitioning
 from facegan_jax import train_step as train_step_lib
@@ -202,7 +203,7 @@ def test_lazy_penalty_runs_every_k_updates_with_k_times_the_weight():
     update = train_step_lib.GanUpdate(
         program.generator, program.discriminator, *[None] * 4, config)
     _, (_, aux) = update.critic_loss(
-        state.d_params, state.batch_stats['discriminator'], real, fake,
+        state.d_params, state.batch_stats, real, fake,
         jax.random.PRNGKey(0), update_index)
     return float(aux['penalty'])
   every_time = penalty(config, 3)
@@ -241,6 +242,48 @@ def test_top_k_generator_update_learns_from_the_most_real_looking_fakes():
   for images in _batches(config, 2, mesh):
     state, metrics = program.step(state, images)
   assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+
+
+def test_lecam_regularization_trains_the_critic_and_keeps_its_averages(
+    tmp_path):
+  settings = {'loss.name': 'non_saturating', 'loss.penalty': 'none',
+              'n_critic': 1, 'optimizer.d_learning_rate': 1e-2}
+  config = tiny_config(**settings, **{'loss.lecam_weight': 1.0,
+                                      'loss.lecam_decay': 0.5})
+  program, state, mesh = _build(config)
+  plain_program, plain_state, _ = _build(tiny_config(**settings))
+  assert 'critic_scores' not in plain_state.batch_stats
+  batches = _batches(config, 2, mesh)
+  means = []
+  for images in batches:
+    state, metrics = program.step(state, images)
+    metrics = jax.device_get(metrics)
+    means.append((metrics['d_real'], metrics['d_fake']))
+    assert metrics['lecam'] > 0
+  for images in batches:
+    plain_state, plain_metrics = plain_program.step(plain_state, images)
+  assert 'lecam' not in plain_metrics
+  # Moving averages (decay 0.5) of the critic's mean scores, one per update.
+  averages = jax.device_get(state.batch_stats['critic_scores'])
+  for side, index in (('real', 0), ('fake', 1)):
+    np.testing.assert_allclose(
+        averages[side], 0.25 * means[0][index] + 0.5 * means[1][index],
+        rtol=1e-4)
+  # The penalty is in the critic's gradient: from the same start, on the
+  # same batches, the critic ends elsewhere.
+  regularized = jax.tree_util.tree_leaves(jax.device_get(state.d_params))
+  plain = jax.tree_util.tree_leaves(jax.device_get(plain_state.d_params))
+  assert any(not np.allclose(a, b) for a, b in zip(regularized, plain))
+  # The averages are saved with the state and restored exactly.
+  with checkpointing.Checkpointer(tmp_path) as checkpointer:
+    checkpointer.save(state, {'step': 2}, force=True)
+  with checkpointing.Checkpointer(tmp_path, read_only=True) as checkpointer:
+    restored, _ = checkpointer.restore(
+        lambda meta: checkpointing.abstract_with_shardings(
+            program.abstract_state, program.state_sharding))
+  np.testing.assert_array_equal(
+      jax.device_get(restored.batch_stats['critic_scores']['real']),
+      averages['real'])
 
 
 def test_packed_critic_trains_on_packs():
