@@ -119,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.loss.top_k_half_life = 10_000  # Generator updates over which the top-k fraction halves (until it reaches loss.top_k).
   config.loss.lecam_weight = 0.0  # LeCam regularization of the critic (Tseng et al. 2021; paper: 0.3 with BigGAN): penalizes real scores above the fake scores' moving average and fake scores below the real scores'; 0 = off.
   config.loss.lecam_decay = 0.99  # Decay per critic update of LeCam's moving averages of the critic's mean real and fake scores.
+  config.loss.consistency_weight = 0.0  # Consistency regularization of the critic (Zhang et al. 2020; paper: 10): the squared difference between its scores of an image and of an augmented copy; 0 = off.
+  config.loss.consistency_augment = 'flip,translation'  # The augmentation the critic must be consistent under: DiffAugment policy names ('color', 'translation', 'cutout', 'flip').
+  config.loss.consistency_fakes = True  # Balanced consistency (bCR, Zhao et al. 2021): on generated images too, not only real ones.
   config.loss.drift_weight = 0.0  # Epsilon-drift term eps * E[D(real)^2] (Progressive GAN); 0 = off.
 
   # --- Optimizers ---------------------------------------------------------

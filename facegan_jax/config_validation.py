@@ -6,6 +6,7 @@ the command line costs seconds, not a compilation.
 
 import ml_collections
 
+from facegan_jax import diffaugment
 from facegan_jax import losses
 from facegan_jax import models
 from facegan_jax import optimizers
@@ -86,6 +87,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(0.0 < config.loss.lecam_decay < 1.0,
            f'loss.lecam_decay is the decay per critic update of LeCam\'s score '
            f'averages, in (0, 1), got {config.loss.lecam_decay}.')
+  _require(config.loss.consistency_weight >= 0,
+           f'loss.consistency_weight must be >= 0 (0 = off), got '
+           f'{config.loss.consistency_weight}.')
+  if config.loss.consistency_weight:
+    try:
+      names = diffaugment.parse_policy(config.loss.consistency_augment)
+    except ValueError as error:
+      raise ValueError(f'loss.consistency_augment: {error}') from None
+    _require(names, 'loss.consistency_weight > 0 needs an augmentation to be '
+             'consistent under: set loss.consistency_augment, e.g. '
+             "'flip,translation'.")
   _require(0.0 <= config.loss.label_smoothing < 1.0,
            f'loss.label_smoothing must be in [0, 1), got '
            f'{config.loss.label_smoothing}.')

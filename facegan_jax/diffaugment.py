@@ -39,6 +39,12 @@ def _contrast(images, rng):
   return (images - mean) * scale + mean
 
 
+def _flip(images, rng):
+  """Mirrors each image left-right with probability 1/2."""
+  flipped = jax.random.bernoulli(rng, 0.5, (images.shape[0], 1, 1, 1))
+  return jnp.where(flipped, images[:, :, ::-1], images)
+
+
 def _translation(images, rng):
   """Shifts each image by whole pixels, filling with zeros."""
   batch, height, width, _ = images.shape
@@ -76,6 +82,7 @@ AUGMENTATIONS: dict[str, tuple[Callable, ...]] = {
     'color': (_brightness, _saturation, _contrast),
     'translation': (_translation,),
     'cutout': (_cutout,),
+    'flip': (_flip,),  # Not in the paper; consistency regularization's.
 }
 
 
@@ -97,8 +104,8 @@ def diff_augment(images: jax.Array, rng: jax.Array, policy: str) -> jax.Array:
   Args:
     images: [B, H, W, C] float images in [-1, 1].
     rng: a jax.random key; the same key gives the same augmentation.
-    policy: comma-separated subset of 'color', 'translation', 'cutout', in
-      the order to apply them; '' returns `images` unchanged.
+    policy: comma-separated subset of 'color', 'translation', 'cutout',
+      'flip', in the order to apply them; '' returns `images` unchanged.
 
   Returns:
     [B, H, W, C] augmented images, differentiable w.r.t. `images`.

@@ -137,6 +137,16 @@ def lecam_penalty(real_scores: jax.Array, fake_scores: jax.Array,
   return penalty.astype(jnp.float32), averages
 
 
+def consistency_penalty(scores: jax.Array,
+                        augmented_scores: jax.Array) -> jax.Array:
+  """Consistency regularization (Zhang et al. 2020): the mean squared
+  difference between the critic's scores [B] of images and of augmented
+  copies of them, so the critic cannot tell faces apart by what the
+  augmentation changes (a position, a side)."""
+  difference = scores.astype(jnp.float32) - augmented_scores.astype(jnp.float32)
+  return jnp.mean(jnp.square(difference))
+
+
 def input_gradients(critic_fn: CriticFn, images: jax.Array) -> jax.Array:
   """d critic / d images, per example: [B, H, W, C].
 

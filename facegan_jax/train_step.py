@@ -209,7 +209,28 @@ class GanUpdate:
           real_scores, fake_scores, stats['critic_scores'], update_index,
           loss_config.lecam_decay)
       loss += loss_config.lecam_weight * aux['lecam']
+    if loss_config.consistency_weight:
+      # In training mode, as the scores it compares with were computed.
+      scores_of = lambda x: self.critic(d_params, d_stats, x, True, labels)[0]
+      aux['consistency'] = self.consistency(
+          scores_of, (real, real_scores), (fake, fake_scores),
+          jax.random.fold_in(penalty_rng, 1))
+      loss += loss_config.consistency_weight * aux['consistency']
     return loss, (stats, aux)
+
+  def consistency(self, scores_of, real_and_scores, fake_and_scores, rng):
+    """Consistency regularization of the critic: its scores of augmented
+    copies of the real images (and, with loss.consistency_fakes, of the
+    fakes: bCR) against its scores of the images themselves."""
+    loss_config = self.config.loss
+    pairs = [real_and_scores]
+    if loss_config.consistency_fakes:
+      pairs.append(fake_and_scores)
+    total = jnp.zeros((), jnp.float32)
+    for (images, scores), key in zip(pairs, jax.random.split(rng, 2)):
+      augmented = diff_augment(images, key, loss_config.consistency_augment)
+      total += losses.consistency_penalty(scores, scores_of(augmented))
+    return total
 
   def critic_latents(self, rng: jax.Array, batch: int):
     """The latents and generator key of the critic update keyed by `rng`."""

@@ -101,6 +101,7 @@ def test_argument_string():
     ('loss.top_k_half_life', 0, 'top_k_half_life must be > 0'),
     ('loss.lecam_weight', -0.1, 'loss.lecam_weight must be >= 0'),
     ('loss.lecam_decay', 1.0, 'loss.lecam_decay is the decay'),
+    ('loss.consistency_weight', -1.0, 'loss.consistency_weight must be >= 0'),
 ])
 def test_bad_values_are_refused_with_the_key_and_choices(key, value, message):
   config = _recipe('wgan_gp')
@@ -108,6 +109,20 @@ def test_bad_values_are_refused_with_the_key_and_choices(key, value, message):
   (config[section] if section else config)[leaf] = value
   with pytest.raises(ValueError, match=message):
     validate_config(config)
+
+
+def test_consistency_augmentation_is_checked_when_it_is_used():
+  config = _recipe('wgan_gp')
+  config.loss.consistency_augment = 'rotate'
+  validate_config(config)  # Off (weight 0): not read.
+  config.loss.consistency_weight = 10.0
+  with pytest.raises(ValueError, match='consistency_augment: Unknown .*rotate'):
+    validate_config(config)
+  config.loss.consistency_augment = ''
+  with pytest.raises(ValueError, match='needs an augmentation'):
+    validate_config(config)
+  config.loss.consistency_augment = 'flip,translation'
+  validate_config(config)
 
 
 def test_batch_norm_critic_with_gradient_penalty_is_refused():

@@ -371,6 +371,16 @@ def test_diff_augment_translation_and_cutout_semantics():
                                   '') is images
 
 
+def test_diff_augment_flip_mirrors_about_half_the_images():
+  images = jax.random.uniform(jax.random.PRNGKey(0), (64, 4, 4, 3))
+  flipped = diffaugment.diff_augment(images, jax.random.PRNGKey(3), 'flip')
+  mirrored = np.all(np.asarray(flipped) == np.asarray(images)[:, :, ::-1],
+                    axis=(1, 2, 3))
+  kept = np.all(np.asarray(flipped) == np.asarray(images), axis=(1, 2, 3))
+  assert np.all(mirrored ^ kept)  # Each image one or the other, never both.
+  assert 16 < mirrored.sum() < 48
+
+
 def test_train_step_imports_without_tensorflow():
   # GPU machines that run the step and DiffAugment have no TensorFlow.
   result = subprocess.run(

@@ -243,3 +243,15 @@ def test_path_length_of_a_linear_synthesis_is_closed_form():
   grad_m = jax.grad(lambda m: losses.path_length_penalty(
       lambda w: synthesize(w, m), ws, rng, 0.5)[0])(matrix)
   assert float(jnp.abs(grad_m).max()) > 0
+
+
+def test_consistency_penalty_is_the_mean_squared_score_difference():
+  scores = jnp.array([1.0, 2.0, -1.0, 0.5])
+  augmented = jnp.array([0.0, 4.0, -1.0, 0.5])
+  np.testing.assert_allclose(
+      losses.consistency_penalty(scores, augmented), (1 + 4 + 0 + 0) / 4)
+  assert losses.consistency_penalty(scores, scores) == 0
+  # Both scores get its gradient: the critic is pulled from either side.
+  grad = jax.grad(losses.consistency_penalty, argnums=(0, 1))(scores, augmented)
+  np.testing.assert_allclose(grad[0], [0.5, -1.0, 0, 0])
+  np.testing.assert_allclose(grad[1], -grad[0])

@@ -286,6 +286,49 @@ def test_lecam_regularization_trains_the_critic_and_keeps_its_averages(
       averages['real'])
 
 
+def test_consistency_regularization_compares_augmented_scores():
+  settings = {'loss.name': 'non_saturating', 'loss.penalty': 'none',
+              'n_critic': 1, 'loss.consistency_augment': 'flip'}
+  program, state, mesh = _build(tiny_config(**settings))
+  rng = np.random.default_rng(0)
+  asymmetric = jnp.asarray(rng.uniform(-1, 1, (8, 32, 32, 3)), jnp.float32)
+  symmetric = (asymmetric + asymmetric[:, :, ::-1]) / 2  # Mirror images.
+
+  def critic_loss(real, fake, **overrides):
+    config = tiny_config(**settings, **overrides)
+    update = train_step_lib.GanUpdate(
+        program.generator, program.discriminator, *[None] * 4, config)
+    # Key 1 mirrors 5 of the 8 reals and 5 of the 8 fakes (key 0: no fake).
+    loss, (_, aux) = update.critic_loss(
+        state.d_params, state.batch_stats, real, fake,
+        jax.random.PRNGKey(1), 0)
+    return float(loss), aux
+
+  plain_loss, plain_aux = critic_loss(asymmetric, asymmetric)
+  assert 'consistency' not in plain_aux
+  on = {'loss.consistency_weight': 10.0}
+  # Mirrored faces score as they are: nothing to penalize.
+  assert critic_loss(symmetric, symmetric, **on)[1]['consistency'] == 0
+  # Asymmetric ones: a penalty, weighted into the loss.
+  loss, aux = critic_loss(asymmetric, asymmetric, **on)
+  assert aux['consistency'] > 0
+  np.testing.assert_allclose(loss, plain_loss + 10 * aux['consistency'],
+                             rtol=1e-5)
+  # Fakes count only with loss.consistency_fakes (bCR).
+  assert critic_loss(symmetric, asymmetric, **on)[1]['consistency'] > 0
+  assert critic_loss(symmetric, asymmetric, **on,
+                     **{'loss.consistency_fakes': False}
+                     )[1]['consistency'] == 0
+  # The jitted step trains with it.
+  config = tiny_config(**settings, **on)
+  program, state, mesh = _build(config)
+  for images in _batches(config, 2, mesh):
+    state, metrics = program.step(state, images)
+  metrics = jax.device_get(metrics)
+  assert metrics['consistency'] > 0
+  assert all(np.isfinite(v) for v in metrics.values())
+
+
 def test_packed_critic_trains_on_packs():
   config = tiny_config(**{'loss.name': 'non_saturating', 'loss.penalty': 'r1',
                           'n_critic': 1, 'model.d_pack': 2})
