@@ -59,6 +59,7 @@ def test_recipe_specifics():
   assert long_budget.dataset.resolution == 64
   # The settings its figures were measured with, not the 32x32 recipe's.
   assert (long_budget.batch_size, long_budget.ema_decay) == (16, 0.9998)
+  assert long_budget.optimizer.g_learning_rate == 2e-4
   assert (long_budget.model.g_width, long_budget.model.d_width) == (96, 48)
   assert 0 < long_budget.max_train_minutes <= 120
   assert long_budget.optimizer.schedule == 'constant'
