@@ -63,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.allow_config_change = False  # Resume even if model/optimizer keys changed.
   config.init_from = ''  # Checkpoint directory to take initial weights from ('' = fresh).
   config.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
-  config.ema_decay = 0.999  # EMA generator decay (warm-up min(decay, (1+t)/(10+t))); 0 = no averaging.
+  config.ema_decay = 0.999  # EMA generator decay, after the warm-up below; 0 = no averaging.
+  config.ema_warmup = 10.0  # K: the decay at update t is min(ema_decay, (1+t)/(K+t)), an average over roughly the last t/(K-1) updates until that reaches 1/(1-ema_decay) (at t = (K-1)/(1-ema_decay)); larger K, shorter average.
   config.ema_standing_stats = 0  # Before each grid, evaluation and checkpoint, the EMA generator's batch-norm statistics become the mean of its own over this many training-size batches (BigGAN's standing statistics); 0 = the averaged ones.
   config.n_critic = 5  # Critic updates per generator update, each on a fresh real batch.
   config.share_fakes = False  # n_critic=1 only: the generator's update reuses the critic's fakes (one generator forward per step).

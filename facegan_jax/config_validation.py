@@ -44,6 +44,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f'num_train_steps must be >= 0, got {config.num_train_steps}.')
   _require(0.0 <= config.ema_decay < 1.0,
            f'ema_decay must be in [0, 1), got {config.ema_decay}.')
+  _require(config.ema_warmup >= 1.0,
+           f'ema_warmup must be >= 1 (1 = no warm-up), got '
+           f'{config.ema_warmup}.')
   _require(isinstance(config.ema_standing_stats, int) and
            config.ema_standing_stats >= 0,
            f'ema_standing_stats must be an integer >= 0 (batches; 0 = off), '

@@ -343,7 +343,8 @@ class GanUpdate:
                                             state.g_params)
     g_params = optax.apply_updates(state.g_params, updates)
     average = functools.partial(_moving_average,
-                                _ema_decay(self.config.ema_decay, state.step))
+                                _ema_decay(self.config.ema_decay,
+                                           self.config.ema_warmup, state.step))
     new_state = state.replace(
         step=state.step + 1, g_params=g_params, g_opt_state=g_opt_state,
         ema_params=average(state.ema_params, g_params),
@@ -426,9 +427,10 @@ def _step_rngs(state: TrainState) -> jax.Array:
   return jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
 
 
-def _ema_decay(decay: float, step: jax.Array) -> jax.Array:
-  # Warm-up: the average forgets the random init quickly in short runs.
-  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+def _ema_decay(decay: float, warmup: float, step: jax.Array) -> jax.Array:
+  # Warm-up: the average forgets the random init quickly, and until the
+  # decay is reached it spans a fixed fraction of the run, about t/(K-1).
+  return jnp.minimum(decay, (1.0 + step) / (warmup + step))
 
 
 def _moving_average(decay, average, new):

@@ -97,6 +97,7 @@ def test_argument_string():
     ('loss.path_length_every', 0, 'path_length_every must be an integer'),
     ('share_fakes', True, 'share_fakes=True needs n_critic=1'),
     ('ema_standing_stats', -1, 'ema_standing_stats must be an integer >= 0'),
+    ('ema_warmup', 0.5, 'ema_warmup must be >= 1'),
     ('loss.top_k', 0.0, 'loss.top_k is the smallest fraction'),
     ('loss.top_k', 1.5, 'in \\(0, 1\\]'),
     ('loss.top_k_half_life', 0, 'top_k_half_life must be > 0'),

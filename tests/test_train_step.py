@@ -35,6 +35,7 @@ def _batches(config, n, mesh, seed=0):
 @pytest.fixture(scope='module')
 def three_steps():
   config = tiny_config()
+  config.ema_warmup = 3.0  # Not the default 10, so that the key is seen.
   program, state, mesh = _build(config)
   initial = jax.device_get(state)
   history = []
@@ -72,8 +73,8 @@ def test_ema_averages_the_generator_weights_and_its_batch_statistics(
   state = initial
   for t, images in enumerate(_batches(config, 2, mesh, seed=1)):
     new, _ = _one_step(program, state, images)
-    # The documented warm-up: decay min(ema_decay, (1 + t) / (10 + t)).
-    decay = min(config.ema_decay, (1 + t) / (10 + t))
+    # The documented warm-up: decay min(ema_decay, (1 + t) / (K + t)).
+    decay = min(config.ema_decay, (1 + t) / (config.ema_warmup + t))
     for average, previous, raw in (
         (new.ema_params, state.ema_params, new.g_params),
         (new.ema_batch_stats, state.ema_batch_stats,
