@@ -15,26 +15,26 @@ updates a longer EMA horizon helps (0.9998: 15.6). Then width, and the
 generator's is what counts: it is also the cheaper one to widen (per update
 the critic runs forward and backward on real and fake images, then again on
 the generator's), so a wide generator beside a width-64 critic costs fewer
-updates than widening both. Width 96 for both scored 15.3 and 15.6 (seeds 0 and 1, 26,000
-updates); generator 96 / critic 64, 14.1 (40,000); generator 128 / critic
-64, 13.6 and 14.7 (seeds 0 and 1, 31,000-32,000 updates); generator 160 /
-critic 64, 14.8 (25,000); both at 128, 16.8.
+updates than widening both. Width 96 for both scored 15.3 and 15.6 (seeds 0
+and 1, 26,000 updates); generator 96 / critic 64, 14.1 (40,000); generator
+128 / critic 64, 13.6 and 14.7 (seeds 0 and 1, 31,000-32,000 updates);
+generator 160 / critic 64, 14.8 (25,000); both at 128, 16.8.
 The EMA generator is what is sampled and scored, with its own standing
-batch-norm statistics (recomputed before each grid and checkpoint, about
-1.5 seconds each here): on the same checkpoints and latents they turn 13.6
-and 14.7 into 13.3 and 14.4. A faster generator, its learning rate 3e-4
-beside the critic's 2e-4, then scored 14.0, 13.4, 13.4, 13.7, 12.9 and
-13.5 (seeds 0, 0, 0, 1, 2, 3; 28,300-32,500 updates), against 13.3 and 14.4.
-The EMA's decay changes nothing in a run this short: the warm-up
-min(decay, (1+t)/(K+t)) stays below 0.9998 until update 45,000 and below
-0.9999 until 90,000, so the average spans about the last t/9 updates (half
-its weight on the last 2,200 of 31,000). On one run's snapshots (every 100
-updates), K = 5, 10 and 20 (`ema_warmup`: averages about twice as long, as
-is, half as long) scored 13.85, 13.35 and 13.60: the default 10 stays. No DiffAugment: at 40-90
-epochs the critic does not yet memorize the 10,000 faces, and translation
-cost 18% of the updates and 5 FID points (27.2 with it, 22.1 without, seed
-0, batch 64). The learning rates are constant, so a run stopped early
-(SIGTERM after 25 minutes) is the same run, only shorter.
+batch-norm statistics (recomputed before each grid and checkpoint, about 1.5
+seconds each here): on the same checkpoints and latents they turn 13.6 and
+14.7 into 13.3 and 14.4. A faster generator, its learning rate 3e-4 beside
+the critic's 2e-4, then scored 14.0, 13.4, 13.4, 13.7, 12.9 and 13.5 (seeds
+0, 0, 0, 1, 2, 3; 28,300-32,500 updates), against 13.3 and 14.4. The EMA's
+decay changes nothing in a run this short: the warm-up min(decay,
+(1+t)/(K+t)) stays below 0.9998 until update 45,000 and below 0.9999 until
+90,000, so the average spans about the last t/9 updates (half its weight on
+the last 2,200 of 31,000). On one run's snapshots (every 100 updates), K =
+5, 10 and 20 (`ema_warmup`: averages about twice as long, as is, half as
+long) scored 13.85, 13.35 and 13.60: the default 10 stays. No DiffAugment:
+at 40-90 epochs the critic does not yet memorize the 10,000 faces, and
+translation cost 18% of the updates and 5 FID points (27.2 with it, 22.1
+without, seed 0, batch 64). The learning rates are constant, so a run
+stopped early (SIGTERM after 25 minutes) is the same run, only shorter.
 
 The run stops itself after `max_train_minutes` from launch, as on SIGTERM:
 checkpoint, sample grids, exit 0.

@@ -13,9 +13,10 @@ up, at generator width 96 and critic width 48: an update takes 0.18 s on
 this CPU (benchmarks/train_step.py; 0.09 s at 64/32, 0.29 s at 128/64), so
 two hours buy ~39,000 updates, near the count at which the 32x32 recipe's
 widest generator did best (so the EMA is still in its warm-up, averaging
-about the last t/9 updates: see celeba32_cpu.py). FID (README, "64x64, 2 hours"; seed 0, AMD EPYC 2-core)
-29.4 at one hour and 22.7 at two, where the recipe before it (width 48,
-batch 64, EMA 0.999) scored 52.3 and 32.1.
+about the last t/9 updates: see celeba32_cpu.py). FID (README, "64x64,
+2 hours"; seed 0, AMD EPYC 2-core) 29.4 at one hour and 22.7 at two,
+where the recipe before it (width 48, batch 64, EMA 0.999) scored 52.3 and
+32.1.
 Learning rates are constant: a run stopped early is the same run, only
 shorter.
 """
