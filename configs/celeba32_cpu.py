@@ -30,11 +30,13 @@ decay changes nothing in a run this short: the warm-up min(decay,
 90,000, so the average spans about the last t/9 updates (half its weight on
 the last 2,200 of 31,000). On one run's snapshots (every 100 updates), K =
 5, 10 and 20 (`ema_warmup`: averages about twice as long, as is, half as
-long) scored 13.85, 13.35 and 13.60: the default 10 stays. No DiffAugment:
-at 40-90 epochs the critic does not yet memorize the 10,000 faces, and
-translation cost 18% of the updates and 5 FID points (27.2 with it, 22.1
-without, seed 0, batch 64). The learning rates are constant, so a run
-stopped early (SIGTERM after 25 minutes) is the same run, only shorter.
+long) scored 13.85, 13.35 and 13.60: the default 10 stays. Lazy R1 (gamma
+0.05 on every 4th critic update) scored 12.7, 13.3, 13.7 and 13.7 (seeds 0
+to 3): no gain beyond the spread, so no penalty. No DiffAugment: at 40-90
+epochs the critic does not yet memorize the 10,000 faces, and translation
+cost 18% of the updates and 5 FID points (27.2 with it, 22.1 without, seed
+0, batch 64). The learning rates are constant, so a run stopped early
+(SIGTERM after 25 minutes) is the same run, only shorter.
 
 The run stops itself after `max_train_minutes` from launch, as on SIGTERM:
 checkpoint, sample grids, exit 0.
