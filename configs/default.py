@@ -96,7 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.latent_dim = 128  # Size of the generator's input noise z.
   config.model.g_width = 64  # Channels of the generator's last (widest-resolution) block.
   config.model.d_width = 64  # Channels of the discriminator's first block.
-  config.model.g_full_resolution_block = False  # DCGAN generator: a hidden block at full resolution (g_width // 2 channels) and a 3x3 conv to RGB, as SNGAN's CNN.
+  config.model.g_channels = ''  # DCGAN generator: channels of each block at 4x4, 8x8, ..., R/2, e.g. '384,256,160' at 32x32 (instead of those from g_width; '': from g_width).
+  config.model.g_full_resolution_block = False  # DCGAN generator: a hidden block at full resolution (half the last block's channels) and a 3x3 conv to RGB, as SNGAN's CNN.
   config.model.g_upsampling = 'transposed'  # DCGAN generator: 'transposed' (4x4 stride-2 transposed convs) or 'nearest' (nearest x2 upsampling + 3x3 conv).
   config.model.g_norm = 'batch'  # Generator normalization: 'batch', 'self_modulated' (dcgan: batch norm scaled and shifted by an MLP of z, Chen et al. 2019) or 'none'.
   config.model.d_norm = 'none'  # Critic normalization: 'none', 'layer' or 'batch' (not with penalties).

@@ -39,7 +39,8 @@ def _config(**overrides) -> ml_collections.ConfigDict:
       generator='dcgan', discriminator='dcgan', latent_dim=LATENT,
       g_width=2, d_width=2, g_norm='batch', d_norm='none',
       spectral_norm=False, d_minibatch_stddev=0, conv_impl='fast',
-      g_full_resolution_block=False, g_upsampling='transposed', d_pack=1)
+      g_full_resolution_block=False, g_upsampling='transposed', d_pack=1,
+      g_channels='')
   return ml_collections.ConfigDict({**keys, **overrides})
 
 
@@ -160,6 +161,25 @@ def test_full_resolution_block_adds_a_hidden_block_at_full_resolution():
   assert g_params['to_rgb'] == {'kernel': (3, 3, 32, 3), 'bias': (3,)}
   assert _shapes(g_vars['batch_stats'])['up_2_norm'] == {'mean': (32,),
                                                          'var': (32,)}
+
+
+def test_g_channels_sets_every_generator_block():
+  # 32x32: blocks at 4x4, 8x8, 16x16, then the transposed conv to RGB;
+  # with the full-resolution block, one more at 32x32 with half of the
+  # last block's channels (not g_width's half: g_width is not used).
+  for full_block, last in ((False, 'to_rgb'), (True, 'up_2')):
+    g = models.create_generator(
+        _config(g_width=9, g_channels='12,10,6',
+                g_full_resolution_block=full_block), 32)
+    images, g_vars = jax.eval_shape(
+        functools.partial(g.init_with_output, train=False),
+        jax.random.key(0), _z())
+    assert images.shape == (BATCH, 32, 32, 3)
+    g_params = _shapes(g_vars['params'])
+    assert g_params['project'] == {'kernel': (LATENT, 16 * 12)}
+    assert g_params['up_0'] == {'kernel': (4, 4, 12, 10)}
+    assert g_params['up_1'] == {'kernel': (4, 4, 10, 6)}
+    assert g_params[last]['kernel'] == (4, 4, 6, 3)
 
 
 def test_channel_cap_keeps_large_models_bounded():
@@ -493,6 +513,13 @@ def test_packed_critic_scores_each_pack_from_all_its_samples():
      r'model.g_full_resolution_block=1 must be True or False'),
     (dict(generator='resnet', g_full_resolution_block=True), 64,
      r'g_full_resolution_block is an option of the dcgan generator'),
+    (dict(g_channels='512,256'), 32,
+     r"model.g_channels='512,256' must be 3 positive integers.*"
+     r"'256,128,64'"),
+    (dict(g_channels='512,256,0'), 32, r"model.g_channels='512,256,0'"),
+    (dict(g_channels='512;256;128'), 32, r'must be 3 positive integers'),
+    (dict(generator='resnet', g_channels='512,256,128,64'), 64,
+     r'g_channels is an option of the dcgan generator'),
     ({}, 48, r'dataset.resolution=48 .*32, 64, 128, 256'),
     ({}, 512, r'dataset.resolution=512'),
     ({}, 16, r'dataset.resolution=16'),

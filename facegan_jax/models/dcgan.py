@@ -55,6 +55,28 @@ def generator_channels(resolution: int, width: int) -> list[int]:
           for i in range(n)]
 
 
+def parse_channels(text: str, resolution: int) -> tuple[int, ...]:
+  """'384,256,160' -> (384, 256, 160): one count per generator block.
+
+  Raises:
+    ValueError: saying what model.g_channels needs, if `text` does not give
+      num_blocks(resolution) positive integers.
+  """
+  n = num_blocks(resolution)
+  example = ','.join(map(str, generator_channels(resolution, 64)))
+  try:
+    channels = tuple(int(part) for part in str(text).split(','))
+  except ValueError:
+    channels = ()
+  if len(channels) != n or min(channels) < 1:
+    raise ValueError(
+        f'model.g_channels={text!r} must be {n} positive integers separated '
+        f'by commas at resolution {resolution} (the channels at 4x4, 8x8, '
+        f'..., {resolution // 2}x{resolution // 2}; width 64 is '
+        f"'{example}'), or '' to derive them from model.g_width.")
+  return channels
+
+
 def discriminator_channels(resolution: int, width: int) -> list[int]:
   """Channels at resolution/2, ..., 4x4: [64, 128, 256, 512] at 64."""
   return [width * min(2 ** i, MAX_WIDTH_MULTIPLIER)
@@ -67,13 +89,18 @@ class DCGANGenerator(nn.Module):
   Attributes:
     resolution: R, a power of two >= 8.
     width: channels of the last hidden block (at R/2).
+    channels: if given, the channels of every hidden block, at 4x4, ...,
+      R/2 (see parse_channels), instead of those derived from `width`
+      (a block's multiply-adds are its input channels times its output
+      channels times its output pixels, so widths per block set the cost).
     norm: 'batch', 'self_modulated' (batch norm whose scale and shift are
       functions of the input, see normalization.SelfModulatedBatchNorm) or
       'none' (then every layer has a bias).
-    full_resolution_block: one more hidden block, at R x R with width // 2
-      channels, and the image from it by a 3x3 convolution (the CNN
-      generator of Miyato et al. 2018), instead of the last transposed
-      convolution making the image from R/2 x R/2 features directly.
+    full_resolution_block: one more hidden block, at R x R with half the
+      channels of the block before it, and the image from it by a 3x3
+      convolution (the CNN generator of Miyato et al. 2018), instead of the
+      last transposed convolution making the image from R/2 x R/2 features
+      directly.
     upsampling: 'transposed' (4x4 stride-2 transposed convolutions, DCGAN's)
       or 'nearest' (nearest-neighbour x2 upsampling, then a 3x3 convolution:
       no checkerboard pattern by construction, Odena et al. 2016; 9 weights
@@ -83,6 +110,7 @@ class DCGANGenerator(nn.Module):
   """
   resolution: int = 64
   width: int = 64
+  channels: tuple[int, ...] = ()
   norm: str = 'batch'
   full_resolution_block: bool = False
   upsampling: str = 'transposed'
@@ -92,7 +120,8 @@ class DCGANGenerator(nn.Module):
   @nn.compact
   def __call__(self, z: Array, *, train: bool) -> Array:
     """Generates images; `train` selects batch statistics (see normalize)."""
-    channels = generator_channels(self.resolution, self.width)
+    channels = list(self.channels or
+                    generator_channels(self.resolution, self.width))
     # A bias right before batch norm is cancelled by its mean subtraction.
     use_bias = self.norm == 'none'
     x = nn.Dense(16 * channels[0], use_bias=use_bias, dtype=self.dtype,
@@ -101,7 +130,7 @@ class DCGANGenerator(nn.Module):
     x = nn.relu(normalization.normalize(x, self.norm, train, self.dtype,
                                         name='project_norm', latent=z))
     if self.full_resolution_block:
-      channels = [*channels, max(self.width // 2, 1)]
+      channels = [*channels, max(channels[-1] // 2, 1)]
     for i, features in enumerate(channels[1:]):
       x = self._upsample(features, use_bias, f'up_{i}')(x)
       x = nn.relu(normalization.normalize(x, self.norm, train, self.dtype,

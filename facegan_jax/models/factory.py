@@ -101,6 +101,13 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
     raise ValueError(
         f'dataset.resolution={resolution!r} is not supported; valid choices: '
         f'{", ".join(map(str, RESOLUTIONS))}.')
+  if model_config.g_channels:
+    if model_config.generator != 'dcgan':
+      raise ValueError(
+          'model.g_channels is an option of the dcgan generator; set it to '
+          f"'' (and use model.g_width) with "
+          f'model.generator={model_config.generator!r}.')
+    dcgan.parse_channels(model_config.g_channels, resolution)
   _validate_stylegan2(model_config)
   for key in ('generator', 'discriminator'):
     if (getattr(model_config, key) == 'resnet' and
@@ -187,6 +194,8 @@ def create_generator(model_config: Any, resolution: int,
                 dtype=_compute_dtype(dtype))
   if model_config.generator == 'dcgan':
     return dcgan.DCGANGenerator(
+        channels=(dcgan.parse_channels(model_config.g_channels, resolution)
+                  if model_config.g_channels else ()),
         full_resolution_block=model_config.g_full_resolution_block,
         upsampling=model_config.g_upsampling, **kwargs)
   return resnet.ResNetGenerator(**kwargs)
