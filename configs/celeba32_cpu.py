@@ -41,6 +41,13 @@ cost 18% of the updates and 5 FID points (27.2 with it, 22.1 without, seed
 0, batch 64). The learning rates are constant, so a run stopped early
 (SIGTERM after 25 minutes) is the same run, only shorter.
 
+FID kept falling to the end of the budget (seed 4, float32: 17.1, 15.0,
+13.9 and 13.3 at 14, 19, 25 and 29 minutes), so speed pays. The matmuls'
+operands in bfloat16 with float32 sums (`model.matmul_inputs`, ~1.7x
+faster matmuls on this AVX512-BF16 CPU) made 46,903 updates instead of
+~32,000 and scored 12.1 (seed 0). On a CPU without AVX512-BF16 pass
+--config.model.matmul_inputs=float32.
+
 The run stops itself after `max_train_minutes` from launch, as on SIGTERM:
 checkpoint, sample grids, exit 0.
 """
@@ -57,6 +64,7 @@ def get_config(arg=None):
   config.n_critic = 1
   config.model.g_width = 128  # The generator's capacity is what counts.
   config.model.d_width = 64  # 96 (fewer updates) and 48 both scored worse.
+  config.model.matmul_inputs = 'bfloat16'  # 1.4x the updates (see above).
   config.loss.name = 'non_saturating'
   config.loss.penalty = 'none'
   config.loss.label_smoothing = 0.1

@@ -4,6 +4,7 @@ Each error names the key, the bad value and what would be valid, so a typo on
 the command line costs seconds, not a compilation.
 """
 
+import jax
 import ml_collections
 
 from facegan_jax import diffaugment
@@ -124,3 +125,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f'the per-example gradient penalty. Use --config.model.d_norm=layer (or '
       f'none), or --config.loss.penalty=none.')
   models.validate_model_config(config.model, config.dataset.resolution)
+  conv_impl = models.resolve_conv_impl(config.model.conv_impl)
+  _require(config.model.matmul_inputs == 'float32' or conv_impl == 'fast',
+           f'model.matmul_inputs={config.model.matmul_inputs!r} is made fast '
+           "by the CPU layers (model.conv_impl 'fast', which 'auto' picks on "
+           f'CPU), not with conv_impl={config.model.conv_impl!r} on '
+           f'{jax.default_backend()}: set --config.model.matmul_inputs='
+           "float32 (--config.dtype=bfloat16 is the accelerators' mixed "
+           'precision).')

@@ -136,6 +136,17 @@ def test_batch_norm_critic_with_gradient_penalty_is_refused():
   validate_config(config)  # without a penalty a batch-norm critic is fine
 
 
+def test_bfloat16_matmul_inputs_train_on_the_fast_layers_only():
+  config = _recipe('celeba32_cpu')
+  assert config.model.matmul_inputs == 'bfloat16'
+  validate_config(config)  # 'auto' picks the fast layers on CPU.
+  config.model.conv_impl = 'xla'
+  with pytest.raises(ValueError, match='set --config.model.matmul_inputs='):
+    validate_config(config)
+  config.model.matmul_inputs = 'float32'
+  validate_config(config)
+
+
 def test_standing_statistics_need_a_batch_norm_generator():
   config = _recipe('wgan_gp')
   config.ema_standing_stats = 8

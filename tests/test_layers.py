@@ -208,6 +208,33 @@ def test_pixel_matmul_derivatives_are_those_of_dot():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_pixel_matmul_bf16_inputs_rounds_operands_and_sums_in_float32():
+  x, kernel = _normal(0, (2, 3, 5, 16)), _normal(1, (16, 24))
+  cotangent = _normal(2, (2, 3, 5, 24))
+
+  @_jit
+  def value_and_derivatives(x, kernel, cotangent):
+    y, vjp = jax.vjp(
+        lambda x, k: conv.pixel_matmul(x, k, conv.BF16_INPUTS), x, kernel)
+    return (y, *vjp(cotangent))
+
+  def rounded(a):
+    return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+  # Products of bfloat16 numbers are exact in float32: only the order of
+  # the float32 sums may differ from this reference.
+  exact = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)
+  expected = (exact(rounded(x), rounded(kernel)),
+              exact(rounded(cotangent), rounded(kernel).T),
+              exact(rounded(x).reshape(-1, 16).T,
+                    rounded(cotangent).reshape(-1, 24)))
+  results = value_and_derivatives(x, kernel, cotangent)
+  for got, want in zip(results, expected):
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(results[0], exact(x, kernel), rtol=1e-5, atol=1e-5)
+
+
 def test_space_to_depth_round_trip_and_layout():
   x = _normal(0, (2, 4, 6, 3))
   folded = conv.space_to_depth(x, (2, 2))

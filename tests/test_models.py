@@ -40,7 +40,7 @@ def _config(**overrides) -> ml_collections.ConfigDict:
       g_width=2, d_width=2, g_norm='batch', d_norm='none',
       spectral_norm=False, d_minibatch_stddev=0, conv_impl='fast',
       g_full_resolution_block=False, g_upsampling='transposed', d_pack=1,
-      g_channels='')
+      g_channels='', matmul_inputs='float32')
   return ml_collections.ConfigDict({**keys, **overrides})
 
 
@@ -442,6 +442,55 @@ def test_bfloat16_models_return_float32_and_keep_float32_params():
   assert bool(jnp.all(jnp.isfinite(scores)))
 
 
+def _dot_operand_dtypes(jaxpr) -> list[str]:
+  """The first operand's dtype of every dot_general, nested jaxprs included."""
+  dtypes = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      dtypes.append(str(eqn.invars[0].aval.dtype))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, 'jaxpr', sub)
+        if hasattr(sub, 'eqns'):
+          dtypes += _dot_operand_dtypes(sub)
+  return dtypes
+
+
+def test_bfloat16_matmul_inputs_reach_every_convolution():
+  # The generator's dense projection keeps float32; each of its three
+  # transposed convolutions and the critic's four convolutions (three
+  # strided, the 4x4 score) multiply bfloat16 operands.
+  z, images = _z(), _images(32)
+  results = {}
+  for matmul_inputs in ('float32', 'bfloat16'):
+    config = _config(g_width=8, d_width=8, matmul_inputs=matmul_inputs)
+    g = models.create_generator(config, 32)
+    d = models.create_discriminator(config, 32)
+    g_vars = _jit(functools.partial(g.init, train=False))(
+        jax.random.key(0), z)
+    d_vars = _jit(functools.partial(d.init, train=False))(
+        jax.random.key(1), images)
+    g_apply = functools.partial(g.apply, train=False)
+    d_apply = functools.partial(d.apply, train=False)
+    results[matmul_inputs] = (
+        _dot_operand_dtypes(jax.make_jaxpr(g_apply)(g_vars, z).jaxpr),
+        _dot_operand_dtypes(jax.make_jaxpr(d_apply)(d_vars, images).jaxpr),
+        _jit(g_apply)(g_vars, z), _jit(d_apply)(d_vars, images))
+  g_dots, d_dots, *plain = results['float32']
+  assert (g_dots, d_dots) == (['float32'] * 4, ['float32'] * 4)
+  g_dots, d_dots, *rounded = results['bfloat16']
+  assert (g_dots, d_dots) == (['float32'] + ['bfloat16'] * 3,
+                              ['bfloat16'] * 4)
+  for a, b in zip(plain, rounded):
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(a, b, rtol=0.05, atol=0.02)
+  # XLA's own convolutions (GPU, TPU) sample such a model with float32
+  # operands; training it there is refused (test_config).
+  xla = _config(conv_impl='xla', matmul_inputs='bfloat16')
+  assert models.create_generator(xla, 32).precision is None
+  assert models.create_discriminator(xla, 32).precision is None
+
+
 @pytest.mark.parametrize('backend,expected', [
     ('cpu', 'fast'), ('gpu', 'xla'), ('tpu', 'xla')])
 def test_conv_impl_auto_picks_fast_layers_only_on_cpu(monkeypatch, backend,
@@ -537,6 +586,11 @@ def test_packed_critic_scores_each_pack_from_all_its_samples():
     (dict(d_pack=0), 32, r'model.d_pack=0 must be 1 \(off\)'),
     (dict(discriminator='resnet', d_minibatch_stddev=4), 64,
      r'd_minibatch_stddev is an option of the dcgan critic'),
+    (dict(matmul_inputs='float16'), 32,
+     r"model.matmul_inputs='float16'.*float32, bfloat16"),
+    (dict(generator='resnet', matmul_inputs='bfloat16'), 64,
+     r"matmul_inputs='bfloat16' is an option of the dcgan generator and "
+     r'critic'),
 ])
 def test_validate_model_config_errors(overrides, resolution, message):
   config = _config(**overrides)

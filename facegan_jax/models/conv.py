@@ -121,9 +121,33 @@ def depth_to_space(x: Array, block: Sequence[int]) -> Array:
   return x.reshape(b, h * bh, w * bw, c)
 
 
+# Matmul operands rounded to bfloat16, products summed in float32 (the
+# `precision` the layers pass for model.matmul_inputs='bfloat16'). XLA:CPU
+# runs such a dot about 1.7x as fast as a float32 one on CPUs with
+# AVX512-BF16, but only with both operands in row-major [M, K] @ [K, N]
+# layout: given a transposed operand it falls back to float32.
+BF16_INPUTS = lax.DotAlgorithmPreset.BF16_BF16_F32
+
+
+def _dot(a: Array, b: Array, precision: Any) -> Array:
+  if precision == BF16_INPUTS:
+    return jnp.dot(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                   preferred_element_type=jnp.float32).astype(
+                       jnp.result_type(a, b))
+  return jnp.dot(a, b, precision=precision)
+
+
+def _copy_transposed(a: Array) -> Array:
+  """a.T as a new row-major array: XLA folds a plain transpose into the dot
+  that consumes it (the layout BF16_INPUTS loses its speed with), not one
+  of a 3-D view."""
+  rows, cols = a.shape
+  return a.reshape(rows, 1, cols).transpose(2, 1, 0).reshape(cols, rows)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _pixel_matmul(x: Array, kernel: Array, precision: Any) -> Array:
-  return jnp.dot(x, kernel, precision=precision)
+  return _dot(x, kernel, precision)
 
 
 def _pixel_matmul_fwd(x, kernel, precision):
@@ -133,9 +157,13 @@ def _pixel_matmul_fwd(x, kernel, precision):
 def _pixel_matmul_bwd(precision, residuals, g):
   x, kernel = residuals
   cin, n = kernel.shape
-  dx = jnp.dot(g, kernel.T, precision=precision)
-  dkernel = jnp.dot(x.reshape(-1, cin).T, g.reshape(-1, n),
-                    precision=precision)
+  pixels = x.reshape(-1, cin)
+  if precision == BF16_INPUTS:
+    dx = _dot(g, _copy_transposed(kernel), precision)
+    dkernel = _dot(_copy_transposed(pixels), g.reshape(-1, n), precision)
+  else:
+    dx = jnp.dot(g, kernel.T, precision=precision)
+    dkernel = jnp.dot(pixels.T, g.reshape(-1, n), precision=precision)
   return dx, dkernel
 
 

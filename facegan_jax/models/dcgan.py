@@ -106,6 +106,8 @@ class DCGANGenerator(nn.Module):
       no checkerboard pattern by construction, Odena et al. 2016; 9 weights
       per channel pair instead of 16, and 9/16 of the multiply-adds).
     conv_impl: 'fast' or 'xla' (see upsample.ConvTranspose).
+    precision: of the convolutions' matmuls (conv.BF16_INPUTS: bfloat16
+      operands, float32 sums).
     dtype: compute dtype; parameters stay float32.
   """
   resolution: int = 64
@@ -115,6 +117,7 @@ class DCGANGenerator(nn.Module):
   full_resolution_block: bool = False
   upsampling: str = 'transposed'
   conv_impl: str = 'fast'
+  precision: Any = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -142,6 +145,7 @@ class DCGANGenerator(nn.Module):
     if self.full_resolution_block:
       to_rgb = upsample.ConvTranspose(3, (3, 3), (1, 1), impl=self.conv_impl,
                                       dtype=self.dtype,
+                                      precision=self.precision,
                                       kernel_init=_KERNEL_INIT, name='to_rgb')
     else:
       to_rgb = self._upsample(3, True, 'to_rgb')
@@ -150,7 +154,8 @@ class DCGANGenerator(nn.Module):
   def _upsample(self, features: int, use_bias: bool, name: str) -> nn.Module:
     """A 2x upsampling layer to `features` channels, as `upsampling` says."""
     common = dict(use_bias=use_bias, impl=self.conv_impl, dtype=self.dtype,
-                  kernel_init=_KERNEL_INIT, name=name)
+                  precision=self.precision, kernel_init=_KERNEL_INIT,
+                  name=name)
     if self.upsampling == 'nearest':
       return upsample.UpsampleConv(features, (3, 3), **common)
     return upsample.ConvTranspose(features, (4, 4), (2, 2), **common)
@@ -169,6 +174,7 @@ class DCGANDiscriminator(nn.Module):
       standard deviation over groups of this many samples before the score
       (see minibatch_stddev.py).
     conv_impl: 'fast' or 'xla' (see conv.Conv).
+    precision: of the convolutions' matmuls (as DCGANGenerator's).
     dtype: compute dtype; parameters stay float32.
   """
   resolution: int = 64
@@ -177,6 +183,7 @@ class DCGANDiscriminator(nn.Module):
   spectral_norm: bool = False
   minibatch_stddev_group: int = 0
   conv_impl: str = 'fast'
+  precision: Any = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -192,7 +199,8 @@ class DCGANDiscriminator(nn.Module):
       normalized = i > 0 and self.norm != 'none'
       layer = conv_lib.Conv(features, (4, 4), (2, 2), ((1, 1), (1, 1)),
                             use_bias=not normalized, impl=self.conv_impl,
-                            dtype=self.dtype, kernel_init=_KERNEL_INIT,
+                            dtype=self.dtype, precision=self.precision,
+                            kernel_init=_KERNEL_INIT,
                             name=f'down_{i}')
       x = normalization.apply_layer(layer, x, self.spectral_norm, train,
                                     name=f'down_{i}_sn')
@@ -204,7 +212,8 @@ class DCGANDiscriminator(nn.Module):
     if self.minibatch_stddev_group:
       x = minibatch_stddev.append(x, self.minibatch_stddev_group)
     layer = conv_lib.Conv(1, (4, 4), padding='VALID', impl=self.conv_impl,
-                          dtype=self.dtype, kernel_init=_KERNEL_INIT,
+                          dtype=self.dtype, precision=self.precision,
+                          kernel_init=_KERNEL_INIT,
                           name='score')
     scores = normalization.apply_layer(layer, x, self.spectral_norm, train,
                                        name='score_sn')

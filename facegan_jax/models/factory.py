@@ -27,6 +27,8 @@ G_NORMS = normalization.G_NORMS
 D_NORMS = normalization.D_NORMS
 G_UPSAMPLINGS = ('transposed', 'nearest')
 CONV_IMPLS = ('auto',) + conv_lib.IMPLS
+# model.matmul_inputs -> the `precision` the dcgan layers' matmuls take.
+MATMUL_PRECISIONS = {'float32': None, 'bfloat16': conv_lib.BF16_INPUTS}
 # The one definition of these two; config validation and the input pipeline
 # import them from here (facegan_jax.models), never the other way round.
 MIN_RESOLUTION, MAX_RESOLUTION = 32, 256
@@ -108,6 +110,7 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
           f"'' (and use model.g_width) with "
           f'model.generator={model_config.generator!r}.')
     dcgan.parse_channels(model_config.g_channels, resolution)
+  _validate_matmul_inputs(model_config)
   _validate_stylegan2(model_config)
   for key in ('generator', 'discriminator'):
     if (getattr(model_config, key) == 'resnet' and
@@ -116,6 +119,32 @@ def validate_model_config(model_config: Any, resolution: int) -> None:
           f"model.{key}='resnet' needs dataset.resolution >= "
           f'{resnet.MIN_RESOLUTION} (the WGAN-GP paper\'s 64x64 ResNet), got '
           f"{resolution}; use 'dcgan' at this resolution.")
+
+
+def _validate_matmul_inputs(model_config: Any) -> None:
+  _check_choice('model.matmul_inputs', model_config.matmul_inputs,
+                tuple(MATMUL_PRECISIONS))
+  if model_config.matmul_inputs == 'float32':
+    return
+  if (model_config.generator, model_config.discriminator) != ('dcgan',
+                                                               'dcgan'):
+    raise ValueError(
+        f'model.matmul_inputs={model_config.matmul_inputs!r} is an option of '
+        'the dcgan generator and critic; set it to float32 (or use '
+        "config.dtype='bfloat16') with model.generator="
+        f'{model_config.generator!r}, model.discriminator='
+        f'{model_config.discriminator!r}.')
+
+
+def _matmul_precision(model_config: Any) -> Any:
+  """The dcgan layers' matmul precision. XLA's own convolutions (conv_impl
+  'xla', the 'auto' choice on GPU and TPU) keep float32 operands: a model
+  trained with bfloat16 ones on CPU samples there the same function to
+  within their rounding; training there refuses the key (config_validation).
+  """
+  if resolve_conv_impl(model_config.conv_impl) != 'fast':
+    return None
+  return MATMUL_PRECISIONS[model_config.matmul_inputs]
 
 
 def _validate_stylegan2(model_config: Any) -> None:
@@ -194,6 +223,7 @@ def create_generator(model_config: Any, resolution: int,
                 dtype=_compute_dtype(dtype))
   if model_config.generator == 'dcgan':
     return dcgan.DCGANGenerator(
+        precision=_matmul_precision(model_config),
         channels=(dcgan.parse_channels(model_config.g_channels, resolution)
                   if model_config.g_channels else ()),
         full_resolution_block=model_config.g_full_resolution_block,
@@ -240,6 +270,7 @@ def _unpacked_discriminator(model_config: Any, resolution: int,
   if model_config.discriminator == 'dcgan':
     return dcgan.DCGANDiscriminator(
         resolution=resolution,
+        precision=_matmul_precision(model_config),
         minibatch_stddev_group=model_config.d_minibatch_stddev, **kwargs)
   if model_config.discriminator == 'resnet':
     return resnet.ResNetDiscriminator(resolution=resolution, **kwargs)
