@@ -44,8 +44,9 @@ cost 18% of the updates and 5 FID points (27.2 with it, 22.1 without, seed
 FID kept falling to the end of the budget (seed 4, float32: 17.1, 15.0,
 13.9 and 13.3 at 14, 19, 25 and 29 minutes), so speed pays. The matmuls'
 operands in bfloat16 with float32 sums (`model.matmul_inputs`, ~1.7x
-faster matmuls on this AVX512-BF16 CPU) made 46,903 updates instead of
-~32,000 and scored 12.1 (seed 0). On a CPU without AVX512-BF16 pass
+faster matmuls on this AVX512-BF16 CPU) made 46,903 and 44,400 updates
+instead of ~32,000 and scored 12.1 and 12.7 (seeds 0 and 1; float32: 13.4
+and 13.7). On a CPU without AVX512-BF16 pass
 --config.model.matmul_inputs=float32.
 
 The run stops itself after `max_train_minutes` from launch, as on SIGTERM:
