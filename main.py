@@ -11,6 +11,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from facegan_jax import host_memory
 from facegan_jax import multihost  # Defines --multihost and its flags.
 
 # max_train_minutes counts from here: after the imports above (about a
@@ -31,6 +32,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  # Before any thread allocates: XLA:CPU steps then reuse freed memory
+  # instead of faulting it in again each step.
+  host_memory.retain_freed_memory()
   if not FLAGS['verbosity'].present:
     # Orbax and TF log every save at INFO; the run prints its own progress.
     logging.set_verbosity(logging.WARNING)

@@ -32,6 +32,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from facegan_jax import host_memory
 from facegan_jax import partitioning
 from facegan_jax import train_step as train_step_lib
 
@@ -195,6 +196,7 @@ def torch_peers(config) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
 
 def main(argv):
   del argv
+  host_memory.retain_freed_memory()  # As main.py trains.
   config = FLAGS.config
   figures = {'config': config_flags.get_config_filename(FLAGS['config'])}
   peers = {}

@@ -208,9 +208,16 @@ def test_pixel_matmul_derivatives_are_those_of_dot():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_pixel_matmul_bf16_inputs_rounds_operands_and_sums_in_float32():
-  x, kernel = _normal(0, (2, 3, 5, 16)), _normal(1, (16, 24))
-  cotangent = _normal(2, (2, 3, 5, 24))
+# The backward pass copies whichever transposed operands are smaller: the
+# kernel and the pixels (many pixels), or the cotangent and the product
+# (few pixels: the input gradient; few outputs: the kernel gradient).
+@pytest.mark.parametrize('x_shape,outputs', [((2, 3, 5, 16), 24),
+                                             ((1, 1, 2, 16), 24),
+                                             ((2, 3, 5, 16), 2)])
+def test_pixel_matmul_bf16_inputs_rounds_operands_and_sums_in_float32(
+    x_shape, outputs):
+  x, kernel = _normal(0, x_shape), _normal(1, (16, outputs))
+  cotangent = _normal(2, (*x_shape[:3], outputs))
 
   @_jit
   def value_and_derivatives(x, kernel, cotangent):
@@ -227,7 +234,7 @@ def test_pixel_matmul_bf16_inputs_rounds_operands_and_sums_in_float32():
   expected = (exact(rounded(x), rounded(kernel)),
               exact(rounded(cotangent), rounded(kernel).T),
               exact(rounded(x).reshape(-1, 16).T,
-                    rounded(cotangent).reshape(-1, 24)))
+                    rounded(cotangent).reshape(-1, outputs)))
   results = value_and_derivatives(x, kernel, cotangent)
   for got, want in zip(results, expected):
     assert got.dtype == jnp.float32

@@ -145,6 +145,24 @@ def _copy_transposed(a: Array) -> Array:
   return a.reshape(rows, 1, cols).transpose(2, 1, 0).reshape(cols, rows)
 
 
+def _dot_rhs_transposed(a: Array, b: Array, precision: Any) -> Array:
+  """a [M, K] @ b.T ([N, K]) from row-major operands: copies b.T, or a.T
+  and the product b @ a.T, whichever moves fewer elements."""
+  (m, k), (n, _) = a.shape, b.shape
+  if n * k <= m * (k + n):
+    return _dot(a, _copy_transposed(b), precision)
+  return _copy_transposed(_dot(b, _copy_transposed(a), precision))
+
+
+def _dot_lhs_transposed(a: Array, b: Array, precision: Any) -> Array:
+  """a.T ([K, M]) @ b [K, N] from row-major operands: copies a.T, or b.T
+  and the product b.T @ a, whichever moves fewer elements."""
+  (k, m), (_, n) = a.shape, b.shape
+  if k * m <= n * (k + m):
+    return _dot(_copy_transposed(a), b, precision)
+  return _copy_transposed(_dot(_copy_transposed(b), a, precision))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _pixel_matmul(x: Array, kernel: Array, precision: Any) -> Array:
   return _dot(x, kernel, precision)
@@ -159,8 +177,9 @@ def _pixel_matmul_bwd(precision, residuals, g):
   cin, n = kernel.shape
   pixels = x.reshape(-1, cin)
   if precision == BF16_INPUTS:
-    dx = _dot(g, _copy_transposed(kernel), precision)
-    dkernel = _dot(_copy_transposed(pixels), g.reshape(-1, n), precision)
+    g = g.reshape(-1, n)
+    dx = _dot_rhs_transposed(g, kernel, precision).reshape(x.shape)
+    dkernel = _dot_lhs_transposed(pixels, g, precision)
   else:
     dx = jnp.dot(g, kernel.T, precision=precision)
     dkernel = jnp.dot(pixels.T, g.reshape(-1, n), precision=precision)
