@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from facegan_jax import conditioning
+from facegan_jax import host_memory
 from facegan_jax import metrics as metrics_lib
 from facegan_jax import multihost
 from facegan_jax import scoring
@@ -296,6 +297,7 @@ def _stdout_to_stderr():
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  host_memory.retain_freed_memory()  # Inception batches: 20.5 -> 24 img/s.
   folders = _REAL_DIR.value is not None or _FAKE_DIR.value is not None
   if folders == (_WORKDIR.value is not None):
     raise app.UsageError('Pass either --workdir=RUN_DIR, or --real_dir=DIR '
