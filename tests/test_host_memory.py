@@ -39,7 +39,8 @@ print(faults[1] - faults[0])
 
 def _faults_of_three_repeats(mode: str) -> int:
   result = subprocess.run([sys.executable, '-c', _CHURN, mode], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True,
+                          timeout=120)
   return int(result.stdout.split()[-1])
 
 
