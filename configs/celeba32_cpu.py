@@ -49,7 +49,9 @@ instead of ~32,000 and scored 12.1 and 12.7 (seeds 0 and 1; float32: 13.4
 and 13.7). On a CPU without AVX512-BF16 pass
 --config.model.matmul_inputs=float32. Since main.py keeps freed host
 memory across steps (facegan_jax/host_memory.py) the same recipe makes
-48,000-50,000 updates: 11.8, 12.1 and 12.0 (seeds 0, 1 and 2).
+48,000-50,000 updates: 11.8, 12.1 and 12.0 (seeds 0, 1 and 2); in an
+hour the machine ran 8% slower (45,000 updates), 12.7 and 12.5 (seeds 3
+and 4).
 
 The run stops itself after `max_train_minutes` from launch, as on SIGTERM:
 checkpoint, sample grids, exit 0.
