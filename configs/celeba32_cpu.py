@@ -51,8 +51,8 @@ and 13.7). On a CPU without AVX512-BF16 pass
 memory across steps (facegan_jax/host_memory.py) the same recipe makes
 48,000-50,000 updates: 11.8, 12.1 and 12.0 (seeds 0, 1 and 2); in an
 hour the machine ran 8% slower (45,000 updates), 12.7 and 12.5 (seeds 3
-and 4); later seed 0 again 12.0, seeds 5 and 6 13.6 and 13.1 (nine runs:
-mean 12.4, median 12.1).
+and 4); later seed 0 again 12.0, seeds 5 and 6 13.6 and 13.1, seeds 7
+to 9 12.4, 12.0 and 12.6 (twelve runs: mean 12.4, median 12.2).
 
 The run stops itself after `max_train_minutes` from launch, as on SIGTERM:
 checkpoint, sample grids, exit 0.
