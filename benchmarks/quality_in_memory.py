@@ -207,6 +207,7 @@ def main(argv):
         # One step in flight at most: the clock then times real work.
         jax.block_until_ready(previous)
         previous, step = step_metrics, step + 1
+        state = program.after_step(state, step)
       jax.block_until_ready(state)
       minutes = clock.minutes()
       losses = {k: float(v) for k, v in

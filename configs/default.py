@@ -141,6 +141,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer.step_every = 10_000  # 'step': multiply the learning rate by gamma this often.
   config.optimizer.step_gamma = 0.5  # 'step': the multiplier.
   config.optimizer.grad_clip_norm = 0.0  # Clip each update's global gradient norm; 0 = off.
+  config.optimizer.lookahead_every = 0  # Lookahead-minmax: both players' slow weights every k generator steps; 0 = off.
+  config.optimizer.lookahead_alpha = 0.5  # Lookahead: how far the slow weights move toward the fast ones.
 
   return config
 

@@ -116,6 +116,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ('g_learning_rate', 'd_learning_rate'):
     _require(config.optimizer[key] > 0,
              f'optimizer.{key} must be > 0, got {config.optimizer[key]}.')
+  every, alpha = (config.optimizer.lookahead_every,
+                  config.optimizer.lookahead_alpha)
+  _require(isinstance(every, int) and every >= 0,
+           f'optimizer.lookahead_every must be a whole number of steps >= 0 '
+           f'(0 = no Lookahead), got {every!r}.')
+  _require(0 < alpha <= 1,
+           f'optimizer.lookahead_alpha must be in (0, 1] (1 = no pull-back), '
+           f'got {alpha}.')
   # A batch-norm critic mixes examples, so the per-example input gradient a
   # penalty needs is not defined: refuse instead of training on nonsense.
   _require(

@@ -20,6 +20,7 @@ from facegan_jax import checkpointing
 from facegan_jax import conditioning
 from facegan_jax import metric_summary
 from facegan_jax import monitoring
+from facegan_jax import optimizers
 from facegan_jax import partitioning
 from facegan_jax import periodic_evaluation
 from facegan_jax import stopping
@@ -172,7 +173,13 @@ def _with_weights_from(state, run_dir: str, state_sharding):
       raise ValueError(
           f'init_from={run_dir!r}: its {name} do not match the models of this '
           'config; use the same model.* and dataset.resolution settings.')
-  return jax.device_put(state.replace(**weights), state_sharding)
+  state = state.replace(**weights)
+  state = state.replace(  # Lookahead pulls back to these, not to the init.
+      g_opt_state=optimizers.lookahead_restarted_at(state.g_opt_state,
+                                                    state.g_params),
+      d_opt_state=optimizers.lookahead_restarted_at(state.d_opt_state,
+                                                    state.d_params))
+  return jax.device_put(state, state_sharding)
 
 
 def _local_batches(config, start_step: int
@@ -295,6 +302,7 @@ class _Loop:
           self.summary = metric_summary.accumulate(self.summary, metrics,
                                                    state.step)
           step += 1
+          state = self.program.after_step(state, step)
           if profile:
             profile(step, state)
           if step == start_step + 1:

@@ -16,8 +16,9 @@ class TrainState:
     step: generator updates done so far (int32 scalar).
     g_params: generator parameters.
     d_params: critic parameters.
-    g_opt_state: generator optimizer state.
-    d_opt_state: critic optimizer state.
+    g_opt_state: generator optimizer state (with optimizer.lookahead_every,
+      Lookahead's slow weights too).
+    d_opt_state: critic optimizer state (likewise).
     ema_params: exponential moving average of g_params (used for samples and
       evaluation).
     batch_stats: non-trainable model state, {'generator': ...,

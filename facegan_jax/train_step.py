@@ -560,6 +560,10 @@ class Program:
     standing_stats: with `config.ema_standing_stats`, (params, stats, key)
       -> the generator's standing batch-norm statistics for `params`
       (`standing_stats.make_standing_stats_fn`); else None.
+    lookahead_every, lookahead_sync: with `optimizer.lookahead_every` = k,
+      k and state -> state with both players' Lookahead synchronization
+      (`optimizers.lookahead_sync`), jitted with the state donated; else 0
+      and None. Training loops call `after_step`, which applies it.
   """
   init: Callable[[jax.Array], TrainState]
   step: Callable[[TrainState, jax.Array], tuple[TrainState, Metrics]]
@@ -570,6 +574,26 @@ class Program:
   discriminator: nn.Module
   attributes: tuple[str, ...] = ()
   standing_stats: Callable[..., Any] | None = None
+  lookahead_every: int = 0
+  lookahead_sync: Callable[[TrainState], TrainState] | None = None
+
+  def after_step(self, state: TrainState, step: int) -> TrainState:
+    """`state` after generator step `step`: synchronized when Lookahead's
+    k-th step has come, so a checkpoint at any step resumes exactly."""
+    if self.lookahead_every and step % self.lookahead_every == 0:
+      return self.lookahead_sync(state)
+    return state
+
+
+def _lookahead_sync_fn(alpha: float):
+  def sync(state: TrainState) -> TrainState:
+    g_params, g_opt_state = optimizers.lookahead_sync(
+        state.g_params, state.g_opt_state, alpha)
+    d_params, d_opt_state = optimizers.lookahead_sync(
+        state.d_params, state.d_opt_state, alpha)
+    return state.replace(g_params=g_params, g_opt_state=g_opt_state,
+                         d_params=d_params, d_opt_state=d_opt_state)
+  return sync
 
 
 def build_program(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
@@ -609,4 +633,9 @@ def build_program(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
           standing_stats_lib.make_standing_stats_fn(
               generator, config.model.latent_dim, config.batch_size,
               config.ema_standing_stats, mesh),
-          out_shardings=replicated) if config.ema_standing_stats else None)
+          out_shardings=replicated) if config.ema_standing_stats else None,
+      lookahead_every=config.optimizer.lookahead_every,
+      lookahead_sync=jax.jit(
+          _lookahead_sync_fn(config.optimizer.lookahead_alpha),
+          in_shardings=(state_sharding,), out_shardings=state_sharding,
+          donate_argnums=0) if config.optimizer.lookahead_every else None)

@@ -104,6 +104,8 @@ def test_argument_string():
     ('loss.lecam_weight', -0.1, 'loss.lecam_weight must be >= 0'),
     ('loss.lecam_decay', 1.0, 'loss.lecam_decay is the decay'),
     ('loss.consistency_weight', -1.0, 'loss.consistency_weight must be >= 0'),
+    ('optimizer.lookahead_every', -5, 'lookahead_every must be a whole number'),
+    ('optimizer.lookahead_alpha', 0.0, 'lookahead_alpha must be in \\(0, 1\\]'),
 ])
 def test_bad_values_are_refused_with_the_key_and_choices(key, value, message):
   config = _recipe('wgan_gp')

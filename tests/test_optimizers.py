@@ -92,3 +92,36 @@ def test_unknown_names():
                                 optax.constant_schedule(1.0))
   with pytest.raises(ValueError, match='cosine'):
     optimizers.create_schedule(_opt_config(schedule='linear'), 1.0, 10)
+
+
+def test_lookahead_keeps_slow_weights_that_only_sync_moves():
+  tx = optimizers.create_optimizer(
+      _opt_config(b1=0.5, lookahead_every=3),
+      optax.constant_schedule(0.1))
+  params = {'w': jnp.array([1.0, -2.0])}
+  state = tx.init(params)
+  for grad in ([1.0, 1.0], [0.5, -1.0]):  # Updates leave the slow weights.
+    updates, state = tx.update({'w': jnp.array(grad)}, state, params)
+    params = optax.apply_updates(params, updates)
+    slow = optax.tree_utils.tree_get(state, 'lookahead_slow')
+    np.testing.assert_array_equal(slow['w'], [1.0, -2.0])
+  moments = optax.tree_utils.tree_get(state, 'mu')
+  fast, state = optimizers.lookahead_sync(params, state, alpha=0.25)
+  expected = np.array([1.0, -2.0]) + 0.25 * (params['w'] - np.array([1.0,
+                                                                     -2.0]))
+  np.testing.assert_allclose(fast['w'], expected, rtol=1e-6)
+  np.testing.assert_allclose(
+      optax.tree_utils.tree_get(state, 'lookahead_slow')['w'], expected,
+      rtol=1e-6)
+  # Adam's moments go on from where the fast weights were.
+  np.testing.assert_array_equal(optax.tree_utils.tree_get(state, 'mu')['w'],
+                                moments['w'])
+
+
+def test_without_lookahead_the_optimizer_state_is_unchanged():
+  # Checkpoints of runs without Lookahead keep their structure.
+  params = {'w': jnp.zeros(2)}
+  plain = optimizers.create_optimizer(_opt_config(),
+                                      optax.constant_schedule(0.1))
+  assert optax.tree_utils.tree_get(plain.init(params),
+                                   'lookahead_slow') is None

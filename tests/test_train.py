@@ -7,6 +7,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 import pytest
 import tensorflow as tf
 from PIL import Image
@@ -124,6 +125,28 @@ def test_resume_is_an_exact_continuation(four_steps, tmp_path):
   assert int(first.step) == 2
   resumed = train.train_and_evaluate(_config(), workdir)
   assert int(resumed.step) == 4
+  for a, b in zip(_leaves(straight), _leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_lookahead_syncs_both_players_and_resumes_exactly(four_steps,
+                                                         tmp_path):
+  """optimizer.lookahead_every=3: after step 3 both players' weights are
+  their slow weights, and a run stopped there resumes to the straight run."""
+  config = _config(**{'optimizer.lookahead_every': 3})
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  _, plain = four_steps
+  assert not np.allclose(_leaves(straight.g_params)[0],
+                         _leaves(plain.g_params)[0])
+  stopped = train.train_and_evaluate(
+      _config(**{'optimizer.lookahead_every': 3, 'num_train_steps': 3}),
+      str(tmp_path / 'resumed'))
+  for params, opt_state in ((stopped.g_params, stopped.g_opt_state),
+                            (stopped.d_params, stopped.d_opt_state)):
+    slow = optax.tree_utils.tree_get(opt_state, 'lookahead_slow')
+    for a, b in zip(_leaves(params), _leaves(slow)):
+      np.testing.assert_array_equal(a, b)
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   for a, b in zip(_leaves(straight), _leaves(resumed)):
     np.testing.assert_array_equal(a, b)
 
@@ -247,6 +270,21 @@ def test_init_from_takes_weights_and_starts_fresh(four_steps, tmp_path):
   bad = _config(init_from=str(tmp_path / 'missing'))
   with pytest.raises(ValueError, match='init_from'):
     train.train_and_evaluate(bad, str(tmp_path / 'other'))
+
+
+def test_init_from_with_lookahead_starts_the_slow_weights_there(
+    four_steps, tmp_path):
+  # Synchronized after the first (near-zero) update: the weights stay the
+  # source's only if the slow weights were set to them, not to the init.
+  source, trained = four_steps
+  config = _config(num_train_steps=1, init_from=source, **{
+      'optimizer.lookahead_every': 1, 'optimizer.g_learning_rate': 1e-12,
+      'optimizer.d_learning_rate': 1e-12})
+  state = train.train_and_evaluate(config, str(tmp_path))
+  for params, source_params in ((state.g_params, trained.g_params),
+                                (state.d_params, trained.d_params)):
+    for a, b in zip(_leaves(params), _leaves(source_params)):
+      np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_init_from_a_run_without_lecam_starts_its_averages_fresh(
